@@ -1,0 +1,46 @@
+"""The environment's configuration: one dict of documented defaults (HighwayEnv style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    # data: any name accepted by rsd_env.data.load_tasks; "trec-dl" test = DL19, train = DL20
+    "dataset": "trec-dl",
+    "split": "test",
+    "n": 20,  # candidates per task = size of the action / observation item axis
+    "data": {},  # extra load_tasks options: sampling, samples_per_query, shuffle, history, path, qrels, ...
+    "tasks": None,  # or an explicit list of RankingTask (overrides dataset/split/data)
+    "max_tasks": None,  # keep only the first k tasks
+    "task_order": "random",  # "random" (seeded by reset(seed=...)) or "cycle" (in order)
+    # the target LLM: "bundled" (Gemma 3 270M + listwise LoRA), "simulated", "hf:<name or path>",
+    # "openai:<base url>", a dict {"kind": ..., **kwargs}, or a Verifier instance
+    "verifier": "bundled",
+    "verifier_kwargs": {},
+    "budget": 3,  # T: verification rounds per episode
+    "lock_verified_prefix": True,  # verified positions (accepted prefix + correction) stay fixed
+    "reward": "spearman",  # per-step gain in agreement: "spearman" (1 - norm. Spearman dist.) or "kendall"
+    "seed": 0,  # seed of data sampling (random subsets, shuffles, MovieLens negatives and user split)
+}
+
+REWARDS = ("spearman", "kendall")
+
+
+def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults updated with ``overrides``; unknown keys and bad values are errors, not ignored."""
+    config = dict(DEFAULT_CONFIG)
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(config)}")
+    config.update(overrides)
+    budget = config["budget"]
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be an integer >= 1 (verification rounds), got {budget!r}")
+    if not isinstance(config["n"], int) or config["n"] < 2:
+        raise ValueError(f"n must be an integer >= 2, got {config['n']!r}")
+    if config["reward"] not in REWARDS:
+        raise ValueError(f"unknown reward {config['reward']!r}; choose one of {REWARDS}")
+    if config["task_order"] not in ("random", "cycle"):
+        raise ValueError(f"task_order must be 'random' or 'cycle', got {config['task_order']!r}")
+    return config

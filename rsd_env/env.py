@@ -1,0 +1,225 @@
+"""RSDRankEnv: up-to-down ranking revision under a budget of LLM verification rounds.
+
+An episode is one ranking task. It starts from the single-token (FIRST) ranking; each step the agent
+scores the items, the scores become a proposed ranking (the verified prefix stays in front), and the
+target LLM verifies the whole proposal in one parallel pass. The env keeps every verified row of every
+round in the observation, so the agent can use all the LLM said, not just the accepted prefix.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rsd_env.config import resolve_config
+from rsd_env.data import RankingTask, load_tasks
+from rsd_env.metrics import agreement, agreement_metrics, kendall_tau, ndcg_at_k
+from rsd_env.verifiers import Verification, Verifier, make_verifier
+
+LOGP_FLOOR = -30.0  # log-probs are clipped here so that observations stay bounded
+
+
+class RSDRankEnv(gym.Env):
+    """Gymnasium env; see ``rsd_env.config.DEFAULT_CONFIG`` for the options.
+
+    Observation: a flat ``Dict`` of 1-D ``Box``es (SB3's ``MultiInputPolicy`` takes it as is).
+    ``verified`` is ``(budget, n, n)`` and ``proposals`` ``(budget, n)`` flattened row-major; rounds not
+    yet taken are zero and ``round`` says how many are filled. Padding items (tasks with fewer than n
+    candidates) have ``valid = 0``, log-prob ``LOGP_FLOOR`` and position -1. Action: one score per item.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(self, config: dict[str, Any] | None = None, render_mode: str | None = None) -> None:
+        super().__init__()
+        self.config = resolve_config(config)
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.n: int = self.config["n"]
+        self.budget: int = self.config["budget"]
+        self.tasks = self._load_tasks()
+        self._index = {t.task_id: k for k, t in enumerate(self.tasks)}
+        self.verifier: Verifier = make_verifier(self.config["verifier"], **self.config["verifier_kwargs"])
+        self._targets: OrderedDict[str, np.ndarray] = OrderedDict()
+        n, t = self.n, self.budget
+        box = lambda lo, hi, shape: spaces.Box(lo, hi, shape, dtype=np.float32)  # noqa: E731
+        self.observation_space = spaces.Dict(
+            {
+                "first_token": box(LOGP_FLOOR, 0.0, (n,)),  # FIRST log-probs per item
+                # flat [round, position, item] log-probs: reshape to (budget, n, n)
+                "verified": box(LOGP_FLOOR, 0.0, (t * n * n,)),
+                "proposals": box(-1.0, n - 1.0, (t * n,)),  # flat [round, item]: position in that proposal
+                "committed": box(-1.0, n - 1.0, (n,)),  # item's position in the committed ranking
+                "locked": box(0.0, 1.0, (n,)),  # item is in the verified prefix
+                "round": box(0.0, float(t), (1,)),  # verification rounds used
+                "valid": box(0.0, 1.0, (n,)),  # real candidate (tasks may have fewer than n)
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (n,), dtype=np.float32)  # item scores, higher = earlier
+        self._cycle = 0
+        self.task: RankingTask | None = None
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _load_tasks(self) -> list[RankingTask]:
+        c = self.config
+        if c["tasks"] is not None:
+            tasks = list(c["tasks"])
+            if not tasks or not all(isinstance(t, RankingTask) for t in tasks):
+                raise ValueError("config 'tasks' must be a non-empty list of RankingTask")
+        else:
+            tasks = load_tasks(c["dataset"], c["split"], c["n"], seed=c["seed"], **c["data"])
+        tasks = tasks[: c["max_tasks"]] if c["max_tasks"] is not None else tasks
+        too_big = [t.task_id for t in tasks if t.n > self.n]
+        if too_big:
+            raise ValueError(f"{len(too_big)} tasks have more than n={self.n} candidates "
+                             f"(e.g. {too_big[0]!r}); raise n or cut the tasks")
+        return tasks
+
+    def target(self, task: RankingTask) -> np.ndarray:
+        """The target LLM's AR ranking (memoised; real verifiers also cache it on disk)."""
+        if task.task_id not in self._targets:
+            self._targets[task.task_id] = self.verifier.target_ranking(task)
+            if len(self._targets) > 4096:
+                self._targets.popitem(last=False)
+        return self._targets[task.task_id]
+
+    # ---- gym API -----------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "task_id" in options:
+            if options["task_id"] not in self._index:
+                raise KeyError(f"unknown task_id {options['task_id']!r}; see env.unwrapped.tasks")
+            k = self._index[options["task_id"]]
+        elif self.config["task_order"] == "cycle":
+            k, self._cycle = self._cycle % len(self.tasks), self._cycle + 1
+        else:
+            k = int(self.np_random.integers(len(self.tasks)))
+        self.task = task = self.tasks[k]
+        self._first = self.verifier.first_token_scores(task)
+        self._target = self.target(task)
+        self._committed = np.argsort(-self._first, kind="stable").astype(np.int64)
+        self._locked = 0  # length of the verified prefix of the committed ranking
+        self._round = 0
+        self._rows = np.zeros((self.budget, task.n, task.n))
+        self._proposals = np.full((self.budget, task.n), -1, dtype=np.int64)
+        self._initial_agreement = self._agreement(self._committed)
+        return self._observation(), {"task_id": task.task_id, "agreement": self._initial_agreement}
+
+    def step(self, action):
+        return self.apply_verification(self.verifier.verify(self.task, self.propose(action)))
+
+    # ---- the two halves of a step (a vector env batches the verification in between) ----------
+    def propose(self, action) -> np.ndarray:
+        """The ranking an action asks for: verified prefix first, the rest by descending score."""
+        if self.task is None:
+            raise RuntimeError("call reset() before step()")
+        if self._round >= self.budget or self._locked >= self.task.n:
+            raise RuntimeError("the episode is over (budget spent or ranking verified); call reset()")
+        scores = np.asarray(action, dtype=np.float64)
+        if scores.shape != (self.n,):
+            raise ValueError(f"action must be {self.n} item scores, shape ({self.n},); got {scores.shape}")
+        if not np.all(np.isfinite(scores[: self.task.n])):
+            raise ValueError("action has NaN or inf scores; scores must be finite (clip or fix the policy)")
+        keep = self._locked if self.config["lock_verified_prefix"] else 0
+        head, rest = self._committed[:keep], self._committed[keep:]
+        rest = rest[np.argsort(-scores[rest], kind="stable")]  # ties keep the committed order
+        return np.concatenate([head, rest])
+
+    def apply_verification(self, v: Verification):
+        """Record what the LLM said about a proposal and commit its verified prefix."""
+        task = self.task
+        self._rows[self._round] = v.logprobs
+        self._proposals[self._round, v.ranking] = np.arange(task.n)
+        prefix = v.verified_prefix
+        rest = [j for j in v.ranking if j not in set(prefix.tolist())]
+        before = self._agreement(self._committed)
+        self._committed = np.concatenate([prefix, np.asarray(rest, dtype=np.int64)])
+        self._locked = len(prefix)
+        self._round += 1
+        reward = self._agreement(self._committed) - before
+        terminated = self._round >= self.budget or self._locked >= task.n
+        info: dict[str, Any] = {"accepted": v.accepted, "verified_prefix": self._locked, "round": self._round}
+        if terminated:
+            info.update(self.episode_summary())
+        return self._observation(), float(reward), terminated, False, info
+
+    # ---- what the env reports ----------------------------------------------------------------
+    def _agreement(self, ranking: np.ndarray) -> float:
+        if self.config["reward"] == "kendall":
+            return (kendall_tau(ranking, self._target) + 1.0) / 2.0
+        return agreement(ranking, self._target)
+
+    def committed_ranking(self) -> np.ndarray:
+        """The output at this moment: verified prefix + the rest in the latest proposal's order."""
+        return self._committed.copy()
+
+    def episode_summary(self) -> dict[str, Any]:
+        task = self.task
+        summary: dict[str, Any] = {
+            "task_id": task.task_id,
+            "final_ranking": self._committed.copy(),
+            "final_docids": [task.candidates[j].docid for j in self._committed],
+            "target_ranking": self._target.copy(),
+            **agreement_metrics(self._committed, self._target),
+            "initial_agreement": self._initial_agreement,
+            "final_agreement": self._agreement(self._committed),
+            "rounds": self._round,
+            "llm_passes": 1 + self._round,  # one prefill for the single-token ranking + verifications
+        }
+        if task.has_labels():
+            summary["ndcg@10"] = ndcg_at_k({task.task_id: summary["final_docids"]},
+                                           {task.task_id: task.relevance()}, 10)[task.task_id]
+        return summary
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        n, m = self.n, self.task.n
+        clip = lambda x: np.clip(x, LOGP_FLOOR, 0.0)  # noqa: E731
+        first = np.full(n, LOGP_FLOOR, dtype=np.float32)
+        first[:m] = clip(self._first)
+        verified = np.full((self.budget, n, n), 0.0, dtype=np.float32)
+        verified[: self._round, :m, :m] = clip(self._rows[: self._round])
+        verified[: self._round, :, m:] = LOGP_FLOOR
+        proposals = np.full((self.budget, n), -1.0, dtype=np.float32)
+        proposals[:, :m] = self._proposals
+        committed = np.full(n, -1.0, dtype=np.float32)
+        committed[self._committed] = np.arange(m)
+        locked = np.zeros(n, dtype=np.float32)
+        locked[self._committed[: self._locked]] = 1.0
+        valid = np.zeros(n, dtype=np.float32)
+        valid[:m] = 1.0
+        return {"first_token": first, "verified": verified.ravel(), "proposals": proposals.ravel(),
+                "committed": committed,
+                "locked": locked, "round": np.array([self._round], dtype=np.float32), "valid": valid}
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self.task is None:
+            return None
+        target_rank = {int(j): r + 1 for r, j in enumerate(self._target)}
+        lines = [f"task {self.task.task_id}  round {self._round}/{self.budget}  "
+                 f"agreement {self._agreement(self._committed):.3f}"]
+        if self.task.query:
+            lines.append(f"query: {self.task.query}")
+        for pos, j in enumerate(self._committed):
+            c = self.task.candidates[j]
+            mark = "L" if pos < self._locked else " "
+            text = " ".join(c.text.split())[:60]
+            lines.append(f"{pos + 1:>3} {mark} [{j:>2}] {c.docid:<10} target#{target_rank[int(j)]:<3} {text}")
+        return "\n".join(lines)
+
+    # ---- pickling: real models are re-created from their spec, not copied --------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if not isinstance(self.config["verifier"], Verifier):
+            state["verifier"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.verifier is None:
+            self.verifier = make_verifier(self.config["verifier"], **self.config["verifier_kwargs"])

@@ -1,0 +1,99 @@
+"""Agreement between two rankings of the same items, and NDCG against human labels.
+
+Rankings are sequences of item indices, best first. Distances are normalised to [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _positions(ranking: Sequence[int] | np.ndarray) -> np.ndarray:
+    r = np.asarray(ranking, dtype=np.int64)
+    pos = np.empty(len(r), dtype=np.int64)
+    pos[r] = np.arange(len(r))
+    return pos
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    if len(a) != len(b) or sorted(np.asarray(a).tolist()) != list(range(len(a))) or sorted(
+        np.asarray(b).tolist()
+    ) != list(range(len(b))):
+        raise ValueError("rankings must order the same items: permutations of 0..n-1")
+    return _positions(a), _positions(b)
+
+
+def discordant_pairs(a, b) -> int:
+    pa, pb = _pair(a, b)
+    da = np.sign(pa[:, None] - pa[None, :])
+    db = np.sign(pb[:, None] - pb[None, :])
+    return int((da * db < 0).sum() // 2)
+
+
+def kendall_tau(a, b) -> float:
+    n = len(a)
+    if n < 2:
+        return 1.0
+    return 1.0 - 4.0 * discordant_pairs(a, b) / (n * (n - 1))
+
+
+def kemeny_distance(a, b) -> float:
+    """Discordant pairs / all pairs (the Kemeny distance between permutations, normalised)."""
+    n = len(a)
+    return 0.0 if n < 2 else 2.0 * discordant_pairs(a, b) / (n * (n - 1))
+
+
+def spearman_distance(a, b) -> float:
+    """Sum of squared position differences / its maximum n(n^2-1)/3."""
+    n = len(a)
+    if n < 2:
+        return 0.0
+    pa, pb = _pair(a, b)
+    return float(((pa - pb) ** 2).sum() / (n * (n * n - 1) / 3.0))
+
+
+def spearman_rho(a, b) -> float:
+    return 1.0 - 2.0 * spearman_distance(a, b)
+
+
+def footrule_distance(a, b) -> float:
+    """Sum of absolute position differences / its maximum floor(n^2/2)."""
+    n = len(a)
+    if n < 2:
+        return 0.0
+    pa, pb = _pair(a, b)
+    return float(np.abs(pa - pb).sum() / (n * n // 2))
+
+
+def agreement(a, b) -> float:
+    """RSD's return: 1 - normalised Spearman distance, in [0, 1]; 1 iff the rankings are equal."""
+    return 1.0 - spearman_distance(a, b)
+
+
+def agreement_metrics(ranking, target) -> dict[str, float]:
+    """The paper's four agreement measures against the target LLM's AR ranking."""
+    return {
+        "kendall_tau": kendall_tau(ranking, target),
+        "spearman_rho": spearman_rho(ranking, target),
+        "footrule": footrule_distance(ranking, target),
+        "kemeny": kemeny_distance(ranking, target),
+    }
+
+
+def ndcg_at_k(runs: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]], k: int = 10
+              ) -> dict[str, float]:
+    """Per-query NDCG@k with trec_eval's definition (via pytrec_eval); runs are docids best first."""
+    import pytrec_eval
+
+    if not runs:
+        return {}
+    missing = sorted(set(runs) - set(qrels))
+    if missing:
+        raise ValueError(f"no qrels for queries {missing[:3]}: NDCG needs labels for every ranked query")
+    scored = {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} for q, docs in runs.items()}
+    labels = {q: {d: int(g) for d, g in qrels[q].items()} for q in runs}
+    measure = f"ndcg_cut_{k}"
+    evaluator = pytrec_eval.RelevanceEvaluator(labels, {measure})
+    return {q: float(v[measure]) for q, v in evaluator.evaluate(scored).items()}

@@ -1,0 +1,98 @@
+"""Prompt templates as data: the one source of truth for the verifier and adapter training.
+
+A prompt is ``instruction`` (shared by all tasks of a domain and N, so its KV cache is reused) +
+``body`` (the task). The answer is the ranking as compact identifiers: " A B C ...", one token each.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from rsd_env.data.task import RankingTask
+
+IDENTIFIERS = string.ascii_uppercase  # up to 26 candidates
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    domain: str
+    instruction: str
+    body: str
+    candidate: str
+
+
+@cache
+def load_template(domain: str) -> PromptTemplate:
+    """The bundled template for ``"ir"`` or ``"rec"``."""
+    if domain not in ("ir", "rec"):
+        raise ValueError(f"no prompt template for domain {domain!r}; use 'ir' or 'rec'")
+    text = resources.files("rsd_env.verifiers").joinpath("templates", f"{domain}.yaml").read_text("utf-8")
+    raw = yaml.safe_load(text)
+    return PromptTemplate(domain, raw["instruction"], raw["body"], raw["candidate"])
+
+
+def identifiers(n: int) -> list[str]:
+    if not 1 <= n <= len(IDENTIFIERS):
+        raise ValueError(f"prompts support 1..{len(IDENTIFIERS)} candidates, got {n}")
+    return list(IDENTIFIERS[:n])
+
+
+def answer_tokens_text(n: int) -> list[str]:
+    """The text of each identifier as it appears in the answer (one token each): ' A', ' B', ..."""
+    return [" " + letter for letter in identifiers(n)]
+
+
+def truncate(text: str, tokenizer: Any, max_tokens: int | None) -> str:
+    """Cut ``text`` to ``max_tokens`` tokens of ``tokenizer`` (None keeps it whole)."""
+    text = " ".join(text.split())
+    if max_tokens is None:
+        return text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[:max_tokens]).strip()
+
+
+def render(task: RankingTask, tokenizer: Any = None, passage_tokens: int | None = None) -> tuple[str, str]:
+    """(instruction, body) text for a task; passages are cut to ``passage_tokens`` tokens."""
+    template = load_template(task.domain)
+    ids = identifiers(task.n)
+    fmt = {"n": task.n, "first": ids[0], "last": ids[-1]}
+    cut = (lambda t: truncate(t, tokenizer, passage_tokens)) if tokenizer is not None else (lambda t: t)
+    candidates = "\n".join(
+        template.candidate.format(id=i, text=cut(c.text)) for i, c in zip(ids, task.candidates)
+    )
+    body = template.body.format(
+        query=task.query, history="\n".join(task.history), candidates=candidates, **fmt
+    )
+    return template.instruction.format(**fmt).rstrip("\n") + "\n\n", body.rstrip("\n")
+
+
+def encode(
+    task: RankingTask, tokenizer: Any, passage_tokens: int | None = None
+) -> tuple[list[int], list[int]]:
+    """Token ids of (instruction incl. BOS, body); their concatenation is the full prompt."""
+    instruction, body = render(task, tokenizer, passage_tokens)
+    head = tokenizer(instruction, add_special_tokens=True)["input_ids"]
+    tail = tokenizer(body, add_special_tokens=False)["input_ids"]
+    return list(head), list(tail)
+
+
+def identifier_token_ids(tokenizer: Any, n: int) -> list[int]:
+    """Token id of each answer identifier; a clear error if one is not a single token."""
+    out = []
+    for text in answer_tokens_text(n):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(
+                f"identifier {text!r} is {len(ids)} tokens in this tokenizer ({ids}); the verifier needs "
+                "single-token identifiers - use a model whose vocabulary has ' A'..' Z' as tokens"
+            )
+        out.append(int(ids[0]))
+    return out

@@ -1,0 +1,99 @@
+"""A fast, deterministic stand-in for a target LLM (for tests and fast RL research, not the default).
+
+Real listwise rankers are not position-independent scorers: what they put at position i depends on what
+they already placed (they avoid redundant items, follow a topic thread). This simulator reproduces that
+structure so that single-token ranking is right at the head and drifts at the tail, and AR differs:
+
+    logit_i(j | prefix) = quality_j + w_i * (cohesion * sim(last, j) - redundancy * max_{k in prefix} sim(k, j))
+
+with ``w_i = i / (N - 1)`` growing with the position. Quality follows the task's relevance labels
+(plus noise) where it has them. Everything is seeded by the task id: same task, same answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+
+from rsd_env.data.task import RankingTask
+from rsd_env.verifiers.base import Verifier
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class SimulatedVerifier(Verifier):
+    """Prefix-dependent next-item distributions from seeded latent item features."""
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        dim: int = 4,
+        label_weight: float = 1.0,
+        noise: float = 1.0,
+        cohesion: float = 1.5,
+        redundancy: float = 3.0,
+        temperature: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.params = dict(seed=seed, dim=dim, label_weight=label_weight, noise=noise,
+                           cohesion=cohesion, redundancy=redundancy, temperature=temperature)
+        self._latent = lru_cache(maxsize=4096)(self._make_latent)
+
+    def fingerprint(self) -> str:
+        return "simulated:" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+
+    def _make_latent(self, task: RankingTask) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        digest = hashlib.sha256(f"{p['seed']}|{task.task_id}|{task.docids}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        labels = task.relevance()
+        grades = np.array([labels.get(d, 0) for d in task.docids], dtype=np.float64)
+        quality = p["label_weight"] * grades + p["noise"] * rng.standard_normal(task.n)
+        emb = rng.standard_normal((task.n, p["dim"]))
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        return quality, emb @ emb.T
+
+    def _rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
+        p = self.params
+        quality, sims = self._latent(task)
+        n = task.n
+        logits = np.empty((n, n))
+        worst = np.full(n, -1.0)  # running max similarity to the prefix
+        for i in range(n):
+            context = 0.0
+            if i > 0:
+                last = ranking[i - 1]
+                worst = np.maximum(worst, sims[last])
+                context = p["cohesion"] * sims[last] - p["redundancy"] * np.clip(worst, 0.0, None)
+            w = i / max(n - 1, 1)
+            logits[i] = quality + w * context
+        return _log_softmax(logits / p["temperature"])
+
+    def _first_token(self, task: RankingTask) -> np.ndarray:
+        with self.timed("prefill", passes=1, tokens=task.n):
+            quality, _ = self._latent(task)
+            return _log_softmax(quality / self.params["temperature"])
+
+    def _verify_rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
+        with self.timed("verify", passes=1, tokens=task.n):
+            return self._rows(task, ranking)
+
+    def target_ranking(self, task: RankingTask) -> np.ndarray:
+        """Greedy AR, one simulated decode step per position."""
+        with self.timed("ar", passes=task.n, tokens=task.n):
+            ranking: list[int] = []
+            used = np.zeros(task.n, dtype=bool)
+            for i in range(task.n):
+                padded = np.asarray(ranking + [j for j in range(task.n) if not used[j]], dtype=np.int64)
+                row = self._rows(task, padded)[i]
+                best = int(np.argmax(np.where(used, -np.inf, row)))
+                ranking.append(best)
+                used[best] = True
+        return np.asarray(ranking, dtype=np.int64)

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from rsd_env.data import load_tasks
+from rsd_env.metrics import kendall_tau
+from rsd_env.verifiers import SimulatedVerifier, Verifier, make_verifier
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return load_tasks("synthetic", "test", count=60)
+
+
+def test_deterministic_per_task(tasks):
+    a, b = SimulatedVerifier(seed=3), SimulatedVerifier(seed=3)
+    t = tasks[0]
+    np.testing.assert_array_equal(a.target_ranking(t), b.target_ranking(t))
+    r = np.arange(t.n)
+    np.testing.assert_array_equal(a.verify(t, r).logprobs, b.verify(t, r).logprobs)
+    assert not np.array_equal(SimulatedVerifier(seed=4).first_token_scores(t), a.first_token_scores(t))
+
+
+def test_rows_are_distributions_that_depend_on_the_prefix(tasks):
+    v, t = SimulatedVerifier(), tasks[1]
+    rows = v.verify(t, np.arange(t.n)).logprobs
+    np.testing.assert_allclose(np.exp(rows).sum(axis=1), 1.0)
+    other = v.verify(t, np.arange(t.n)[::-1]).logprobs
+    np.testing.assert_allclose(rows[0], other[0])  # same empty prefix
+    assert not np.allclose(rows[5], other[5])  # different prefixes
+
+
+def test_single_token_is_good_at_the_head_and_poor_at_the_tail(tasks):
+    v = SimulatedVerifier()
+    head, tail, taus = [], [], []
+    for t in tasks:
+        target, std = v.target_ranking(t), v.single_token_ranking(t)
+        head.append(np.mean(std[:5] == target[:5]))
+        tail.append(np.mean(std[-10:] == target[-10:]))
+        taus.append(kendall_tau(std, target))
+    assert np.mean(head) > 0.7 > 0.4 > np.mean(tail)
+    assert 0.5 < np.mean(taus) < 0.97  # AR differs from single-token, but they are related
+
+
+def test_fast_target_equals_the_generic_verify_based_decoder(tasks):
+    v = SimulatedVerifier()
+    for t in tasks[:10]:
+        np.testing.assert_array_equal(v.target_ranking(t), Verifier.target_ranking(v, t))
+
+
+def test_verifying_the_target_accepts_everything(tasks):
+    v = SimulatedVerifier()
+    for t in tasks[:10]:
+        res = v.verify(t, v.target_ranking(t))
+        assert res.accepted == t.n and res.correction is None
+
+
+def test_bad_rankings_are_named(tasks):
+    v, t = SimulatedVerifier(), tasks[0]
+    with pytest.raises(ValueError, match="duplicate"):
+        v.verify(t, [0] * t.n)
+    with pytest.raises(ValueError, match="unknown items"):
+        v.verify(t, list(range(1, t.n + 1)))
+    with pytest.raises(ValueError, match="must list all"):
+        v.verify(t, [0, 1])
+
+
+def test_accounting_counts_passes(tasks):
+    v, t = SimulatedVerifier(), tasks[0]
+    before = v.stats.snapshot()
+    v.first_token_scores(t)
+    v.verify(t, np.arange(t.n))
+    used = v.stats.since(before)
+    assert used.forward_passes == 2 and used.calls == {"prefill": 1, "verify": 1}
+
+
+def test_make_verifier_specs():
+    assert isinstance(make_verifier("simulated"), SimulatedVerifier)
+    assert make_verifier({"kind": "simulated", "seed": 5}).params["seed"] == 5
+    with pytest.raises(ValueError, match="unknown verifier"):
+        make_verifier("gpt-17")
+    with pytest.raises(ValueError, match="'kind'"):
+        make_verifier({"seed": 1})
