@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
 
-from rsd_env.config import DEFAULT_CONFIG
+from rsd_env.config import DEFAULT_CONFIG, SIM_CONFIG
 from rsd_env.data import RankingTask, load_tasks
-from rsd_env.env import RSDRankEnv
+from rsd_env.env import RSDRankEnv, RSDRankSimEnv
 
-__all__ = ["RSDRankEnv", "RankingTask", "load_tasks", "DEFAULT_CONFIG", "SIM_CONFIG"]
-
-SIM_CONFIG = {"dataset": "synthetic", "split": "train", "verifier": "simulated"}
+__all__ = ["RSDRankEnv", "RSDRankSimEnv", "RankingTask", "load_tasks", "DEFAULT_CONFIG", "SIM_CONFIG"]
 
 if "RSDRank-v0" not in registry:
     register(id="RSDRank-v0", entry_point="rsd_env.env:RSDRankEnv")
 if "RSDRankSim-v0" not in registry:
-    register(id="RSDRankSim-v0", entry_point="rsd_env.env:RSDRankEnv", kwargs={"config": SIM_CONFIG})
+    register(id="RSDRankSim-v0", entry_point="rsd_env.env:RSDRankSimEnv")

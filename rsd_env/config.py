@@ -23,6 +23,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,  # seed of data sampling (random subsets, shuffles, MovieLens negatives and user split)
 }
 
+# RSDRankSim-v0's defaults, layered under the caller's config: the fast simulated LLM on synthetic tasks
+SIM_CONFIG: dict[str, Any] = {"dataset": "synthetic", "split": "train", "verifier": "simulated"}
+
 REWARDS = ("spearman", "kendall")
 
 

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rsd_env.config import resolve_config
+from rsd_env.config import SIM_CONFIG, resolve_config
 from rsd_env.data import RankingTask, load_tasks
 from rsd_env.metrics import agreement, agreement_metrics, kendall_tau, ndcg_at_k
 from rsd_env.verifiers import Verification, Verifier, make_verifier
@@ -223,3 +223,14 @@ class RSDRankEnv(gym.Env):
         self.__dict__.update(state)
         if self.verifier is None:
             self.verifier = make_verifier(self.config["verifier"], **self.config["verifier_kwargs"])
+
+
+class RSDRankSimEnv(RSDRankEnv):
+    """``RSDRankEnv`` whose defaults are the simulated LLM on synthetic tasks (``SIM_CONFIG``).
+
+    A caller's ``config`` is layered on top, so ``gym.make("RSDRankSim-v0", config={"budget": 2})`` stays
+    simulated instead of falling back to the real model.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None, render_mode: str | None = None) -> None:
+        super().__init__({**SIM_CONFIG, **(config or {})}, render_mode)

@@ -35,6 +35,8 @@ def test_registration_is_idempotent():
     assert "RSDRank-v0" in gym.registry and "RSDRankSim-v0" in gym.registry
     env = gym.make("RSDRankSim-v0")
     assert env.unwrapped.config["verifier"] == "simulated"
+    layered = gym.make("RSDRankSim-v0", config={"budget": 2}).unwrapped.config  # overrides layer on top
+    assert layered["verifier"] == "simulated" and layered["dataset"] == "synthetic" and layered["budget"] == 2
 
 
 def test_gymnasium_and_sb3_env_checkers_pass_without_warnings(recwarn):

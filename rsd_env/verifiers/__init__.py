@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from rsd_env.verifiers.base import Verification, Verifier, VerifierStats
@@ -39,8 +40,17 @@ def make_verifier(spec: Any = "bundled", **kwargs: Any) -> Verifier:
 
 def _load(spec: str, kwargs: dict[str, Any]) -> Verifier:
     if spec == "bundled":
-        from rsd_env.verifiers.hf import HFVerifier
+        from rsd_env.verifiers.hf import HFVerifier, bundled_adapter_dir
 
+        if "adapter" not in kwargs and not (bundled_adapter_dir() / "adapter_config.json").exists():
+            warnings.warn(
+                "the listwise LoRA adapter for the bundled model is not shipped yet (issue 7), so 'bundled' "
+                "runs the raw base Gemma 3 270M, which mostly copies the presentation order; pass "
+                "verifier_kwargs={'adapter': '<peft folder>'} to use your own adapter",
+                UserWarning,
+                stacklevel=3,
+            )
+            kwargs = {**kwargs, "adapter": None}
         return HFVerifier(**kwargs)
     if spec.startswith("hf:"):
         from rsd_env.verifiers.hf import HFVerifier

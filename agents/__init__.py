@@ -1,0 +1,105 @@
+"""Agents for RSDRank: baselines, the item-Transformer policy, RPO, and any SB3 on-policy algorithm.
+
+``agents.make(name, env, **kwargs)`` builds an algorithm that uses our item policy:
+
+- ``"rpo"``: ranking-tailored policy optimisation (``agents.rpo.RPO``, Plackett-Luce ``RankingPolicy``);
+- ``"ppo"``, ``"a2c"`` (stable-baselines3), ``"trpo"`` (sb3-contrib), ... any on-policy algorithm by name,
+  with ``ItemTransformerPolicy`` (Gaussian over item scores);
+- ``"<module>:<Class>"``: your own algorithm class, e.g. ``agents.make("my_pkg.algos:MyPPO", env)``.
+
+Plugging in another algorithm, e.g. sb3-contrib's TRPO or your own PPO subclass::
+
+    import agents, gymnasium as gym, rsd_env
+    env = gym.make("RSDRankSim-v0")
+    model = agents.make("sb3_contrib:TRPO", env, policy_kwargs={"d_model": 32})  # or simply "trpo"
+    model.learn(4096)
+    agents.save_agent(model, "runs/trpo/model.zip")  # then make_method("agent:runs/trpo/model.zip")
+
+Any class with SB3's ``BaseAlgorithm`` constructor ``(policy, env, **kwargs)`` works; an
+``OnPolicyAlgorithm`` gets ``ItemTransformerPolicy``, one whose ``policy_aliases`` has
+``"RankingPolicy"`` gets ``RankingPolicy``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+__all__ = ["make", "algorithm_class", "save_agent", "load_agent", "ALGORITHMS"]
+
+# short names -> "module:Class"
+ALGORITHMS: dict[str, str] = {
+    "rpo": "agents.rpo:RPO",
+    "ppo": "stable_baselines3:PPO",
+    "a2c": "stable_baselines3:A2C",
+    "trpo": "sb3_contrib:TRPO",
+    "recurrent_ppo": "sb3_contrib:RecurrentPPO",
+}
+
+
+def algorithm_class(name: str) -> type[BaseAlgorithm]:
+    """The algorithm class for a short name or a ``"module:Class"`` path."""
+    spec = ALGORITHMS.get(name.lower(), name)
+    if ":" not in spec:
+        raise ValueError(f"unknown algorithm {name!r}; use one of {sorted(ALGORITHMS)} or 'module:Class'")
+    module, _, cls_name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import algorithm {spec!r}: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, BaseAlgorithm)):
+        raise TypeError(f"{spec!r} is not a stable-baselines3 BaseAlgorithm subclass")
+    return cls
+
+
+def _policy_for(cls: type[BaseAlgorithm]):
+    if "RankingPolicy" in getattr(cls, "policy_aliases", {}):
+        return "RankingPolicy"
+    if cls.__name__ == "RecurrentPPO":
+        raise ValueError("recurrent_ppo needs an LSTM policy; our item policy already sees every round, "
+                         "use 'ppo' instead")
+    from agents.policy import ItemTransformerPolicy
+
+    return ItemTransformerPolicy
+
+
+def make(name: str, env: Any, **kwargs: Any) -> BaseAlgorithm:
+    """An algorithm (by short name or ``"module:Class"``) on ``env`` with our item policy.
+
+    ``kwargs`` go to the algorithm's constructor (``policy_kwargs`` for the Transformer: d_model, n_layers,
+    n_heads, dropout). ``policy=`` overrides the policy.
+    """
+    cls = algorithm_class(name)
+    policy = kwargs.pop("policy", None) or _policy_for(cls)
+    return cls(policy, env, **kwargs)
+
+
+def save_agent(model: BaseAlgorithm, path: str | Path) -> Path:
+    """``model.save(path)`` plus a small ``<path>.json`` naming the algorithm, so ``load_agent`` needs no hint."""
+    path = Path(path)
+    if path.suffix != ".zip":
+        path = path.with_suffix(".zip")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    algo = f"{type(model).__module__}:{type(model).__name__}"
+    path.with_suffix(".json").write_text(json.dumps({"algorithm": algo, "num_timesteps": model.num_timesteps}))
+    return path
+
+
+def load_agent(path: str | Path, algorithm: str | None = None, env: Any = None, **kwargs: Any) -> BaseAlgorithm:
+    """Load a checkpoint saved by ``save_agent`` (or any SB3 zip, given ``algorithm``)."""
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".zip").exists():
+        path = path.with_suffix(".zip")
+    if not path.exists():
+        raise FileNotFoundError(f"no agent checkpoint at {path}")
+    if algorithm is None:
+        meta = path.with_suffix(".json")
+        if not meta.exists():
+            raise ValueError(f"{path} has no {meta.name} saying which algorithm made it; pass algorithm=")
+        algorithm = json.loads(meta.read_text())["algorithm"]
+    return algorithm_class(algorithm).load(path, env=env, **kwargs)

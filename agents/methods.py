@@ -1,0 +1,309 @@
+"""Reranking methods behind one interface: baselines and learned agents, with the same cost accounting.
+
+Every method ranks one task of an ``RSDRankEnv`` and reports the ranking, the LLM forward passes and
+tokens it caused (deltas of ``verifier.stats``) and its wall time. The target (AR) ranking is computed
+*before* the meter starts, so a method is never charged for the reference it is scored against; only
+``AR`` pays for decoding it, bypassing the verifier's target cache. With ``cold = True`` (default) the
+verifier's per-task caches (prompt KV, prefixes) are dropped first, so each method pays for its own
+prompt prefill as a new query would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rsd_env.data import RankingTask
+from rsd_env.env import RSDRankEnv
+from rsd_env.metrics import agreement, agreement_metrics, ndcg_at_k
+
+__all__ = [
+    "MethodResult", "RankingMethod", "ARMethod", "STDMethod", "SDMethod", "HeuristicMethod", "RandomMethod",
+    "IdentityMethod", "AgentMethod", "make_method", "evaluate", "summarize", "order_to_action", "METHODS",
+]
+
+
+@dataclass
+class MethodResult:
+    """One ranked task: the output, what it cost, and the episode summary (metrics vs the target)."""
+
+    task_id: str
+    ranking: np.ndarray
+    docids: list[str]
+    llm_passes: int
+    tokens: int
+    wall_ms: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def order_to_action(order: np.ndarray, n: int) -> np.ndarray:
+    """Scores in [-1, 1] whose descending sort is ``order`` (items not in ``order`` get -1, i.e. last)."""
+    action = np.full(n, -1.0, dtype=np.float32)
+    k = len(order)
+    action[np.asarray(order, dtype=np.int64)] = np.linspace(1.0, -1.0, k) if k > 1 else 1.0
+    return action
+
+
+def find_task(env: RSDRankEnv, task_id: str) -> RankingTask:
+    for task in env.tasks:
+        if task.task_id == task_id:
+            return task
+    raise KeyError(f"unknown task_id {task_id!r}; see env.unwrapped.tasks")
+
+
+class RankingMethod:
+    """Base class: runs one episode with ``act`` choosing each round's item scores.
+
+    Subclasses override ``act`` (and ``rounds`` when they do not use the whole budget T); a method that
+    does not follow the episode protocol (AR) overrides ``rank``.
+    """
+
+    name: str = "method"
+    cold: bool = True  # drop the verifier's per-task caches before ranking (honest latency)
+    deadline_ms: float | None = None  # anytime mode: no new round starts after this much wall time
+
+    def rounds(self, env: RSDRankEnv) -> int:
+        return env.budget
+
+    def start(self, env: RSDRankEnv, task: RankingTask) -> None:
+        """Hook called after reset (e.g. to seed per-task randomness)."""
+
+    def act(self, obs: dict[str, np.ndarray], env: RSDRankEnv) -> np.ndarray:
+        raise NotImplementedError
+
+    def should_stop(self, obs: dict[str, np.ndarray], env: RSDRankEnv) -> bool:
+        """Checked before each round: stop early and output the committed ranking (always valid)."""
+        return False
+
+    def rank(self, env: RSDRankEnv, task_id: str) -> MethodResult:
+        env = env.unwrapped
+        task = find_task(env, task_id)
+        env.target(task)  # memoised before the meter starts: the reference is not this method's cost
+        self._prepare(env.verifier)
+        before = env.verifier.stats.snapshot()
+        start = time.perf_counter()
+        obs, _ = env.reset(options={"task_id": task_id})
+        self.start(env, task)
+        for _ in range(self.rounds(env)):
+            late = self.deadline_ms is not None and 1000.0 * (time.perf_counter() - start) >= self.deadline_ms
+            if late or self.should_stop(obs, env):
+                break
+            obs, _, terminated, _, _ = env.step(self.act(obs, env))
+            if terminated:
+                break
+        wall_ms = 1000.0 * (time.perf_counter() - start)
+        cost = env.verifier.stats.since(before)
+        info = env.episode_summary()
+        return MethodResult(task_id, info["final_ranking"], info["final_docids"], cost.forward_passes,
+                            cost.tokens, wall_ms, info)
+
+    def _prepare(self, verifier) -> None:
+        if self.cold and hasattr(verifier, "clear_cache"):
+            verifier.clear_cache()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class STDMethod(RankingMethod):
+    """Single-token decoding (FIRST): the first-token order, zero verification rounds."""
+
+    name = "std"
+
+    def rounds(self, env: RSDRankEnv) -> int:
+        return 0
+
+
+class SDMethod(RankingMethod):
+    """Left-to-right speculative decoding with T rounds.
+
+    With the verified prefix locked, proposing the first-token order of the unaccepted items is exactly
+    SD: each round accepts a prefix plus the correction, and everything else the LLM said is discarded.
+    """
+
+    name = "sd"
+
+    def act(self, obs, env):
+        first = obs["first_token"][: env.task.n]
+        return order_to_action(np.argsort(-first, kind="stable"), env.n)
+
+
+class HeuristicMethod(RankingMethod):
+    """Up-to-down decoding without learning: rebuild the unlocked part from the latest verified rows.
+
+    After a round the committed ranking has a locked prefix of length L; for positions L, L+1, ... take
+    the most likely not-yet-placed item under the latest round's row for that position (the rows were
+    conditioned on the proposal's prefix, which is close to the new one). Before any verification it
+    proposes the first-token order, like SD. Nothing is fitted: this is the bar that learning must clear.
+    (Measured on the simulated verifier it beat "best log-prob at the next free position over all rounds".)
+    """
+
+    name = "heuristic"
+
+    def act(self, obs, env):
+        n, m = env.n, env.task.n
+        done = int(obs["round"][0])
+        if done == 0:
+            return order_to_action(np.argsort(-obs["first_token"][:m], kind="stable"), n)
+        rows = obs["verified"].reshape(env.budget, n, n)[done - 1, :m, :m]
+        used = obs["locked"][:m] > 0
+        order = [int(j) for j in np.argsort(obs["committed"][:m], kind="stable") if used[j]]  # the prefix
+        for pos in range(int(used.sum()), m):
+            best = int(np.argmax(np.where(used, -np.inf, rows[pos])))
+            order.append(best)
+            used[best] = True
+        return order_to_action(np.asarray(order, dtype=np.int64), n)
+
+
+class RandomMethod(RankingMethod):
+    """Random proposals each round (seeded per task): a sanity floor."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def start(self, env, task):
+        self._rng = np.random.default_rng([self.seed, *task.task_id.encode()])
+
+    def act(self, obs, env):
+        return self._rng.uniform(-1.0, 1.0, env.n).astype(np.float32)
+
+
+class IdentityMethod(RankingMethod):
+    """Proposes the presentation (first-stage, e.g. BM25) order every round: ignores the LLM's scores."""
+
+    name = "identity"
+
+    def act(self, obs, env):
+        return order_to_action(np.arange(env.task.n), env.n)
+
+
+class ARMethod(RankingMethod):
+    """The target itself: constrained greedy AR decoding, N decode steps; agreement 1 by definition.
+
+    Its wall time is the latency reference, so it decodes without the target cache: the verifier's
+    uncached ``_decode_target`` where it has one (HFVerifier), else ``target_ranking`` with the
+    ``target_cache`` attribute (if any) switched off.
+    """
+
+    name = "ar"
+
+    def rank(self, env: RSDRankEnv, task_id: str) -> MethodResult:
+        env = env.unwrapped
+        task = find_task(env, task_id)
+        target = env.target(task)
+        verifier = env.verifier
+        self._prepare(verifier)
+        before = verifier.stats.snapshot()
+        start = time.perf_counter()
+        if hasattr(verifier, "_decode_target"):
+            ranking = np.asarray(verifier._decode_target(task), dtype=np.int64)
+        else:
+            with _uncached(verifier):
+                ranking = np.asarray(verifier.target_ranking(task), dtype=np.int64)
+        wall_ms = 1000.0 * (time.perf_counter() - start)
+        cost = verifier.stats.since(before)
+        docids = [task.candidates[j].docid for j in ranking]
+        info: dict[str, Any] = {"task_id": task_id, "final_ranking": ranking, "final_docids": docids,
+                                "target_ranking": target.copy(), **agreement_metrics(ranking, target),
+                                "final_agreement": agreement(ranking, target), "rounds": 0,
+                                "llm_passes": cost.forward_passes}
+        if task.has_labels():
+            info["ndcg@10"] = ndcg_at_k({task_id: docids}, {task_id: task.relevance()}, 10)[task_id]
+        return MethodResult(task_id, ranking, docids, cost.forward_passes, cost.tokens, wall_ms, info)
+
+
+@contextmanager
+def _uncached(verifier) -> Iterator[None]:
+    if getattr(verifier, "target_cache", None) is None:
+        yield
+        return
+    saved, verifier.target_cache = verifier.target_cache, None
+    try:
+        yield
+    finally:
+        verifier.target_cache = saved
+
+
+class AgentMethod(RankingMethod):
+    """A learned agent (RPO, PPO, ... with our item policy): greedy scores each round.
+
+    ``min_gain``: adaptive budget — skip the remaining rounds once the policy's value head
+    (``expected_gain``, trained by RPO) predicts less agreement gain than this.
+    """
+
+    def __init__(self, agent: Any, name: str = "agent", min_gain: float | None = None) -> None:
+        self.agent = agent
+        self.name = name
+        self.min_gain = min_gain
+        if min_gain is not None and not hasattr(agent.policy, "expected_gain"):
+            raise ValueError(f"min_gain needs a policy with expected_gain (RPO); {type(agent).__name__} has none")
+
+    def should_stop(self, obs, env):
+        if self.min_gain is None:
+            return False
+        from agents.policy import expected_gain
+
+        return expected_gain(self.agent.policy, obs) < self.min_gain
+
+    def act(self, obs, env):
+        from agents.policy import item_scores  # torch is imported only for learned agents
+
+        scores = item_scores(self.agent.policy, obs)
+        valid = np.arange(env.n) < env.task.n
+        return order_to_action(np.argsort(-np.where(valid, scores, -np.inf), kind="stable")[: env.task.n], env.n)
+
+
+METHODS: dict[str, type[RankingMethod]] = {
+    "ar": ARMethod, "std": STDMethod, "sd": SDMethod, "heuristic": HeuristicMethod, "random": RandomMethod,
+    "identity": IdentityMethod,
+}
+
+
+def make_method(spec: str, **kwargs: Any) -> RankingMethod:
+    """A method by name: ``ar std sd heuristic random identity`` or ``agent:<checkpoint path>``.
+
+    ``deadline_ms`` (any method) enables anytime mode; for agents ``name`` and ``min_gain`` go to
+    ``AgentMethod`` and the other kwargs to ``load_agent`` (e.g. ``algorithm=``).
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"method spec must be a string, got {type(spec).__name__}")
+    deadline_ms = kwargs.pop("deadline_ms", None)
+    if spec.startswith("agent:"):
+        from agents import load_agent
+
+        path = spec[len("agent:"):]
+        name, min_gain = kwargs.pop("name", f"agent:{path}"), kwargs.pop("min_gain", None)
+        method: RankingMethod = AgentMethod(load_agent(path, **kwargs), name=name, min_gain=min_gain)
+    elif spec in METHODS:
+        method = METHODS[spec](**kwargs)
+    else:
+        raise ValueError(f"unknown method {spec!r}; choose one of {sorted(METHODS)} or 'agent:<checkpoint>'")
+    method.deadline_ms = deadline_ms
+    return method
+
+
+def evaluate(method: RankingMethod, env, task_ids: list[str] | None = None) -> list[MethodResult]:
+    """Rank every task (default: all of ``env``'s tasks) with ``method``."""
+    env = env.unwrapped
+    ids = [t.task_id for t in env.tasks] if task_ids is None else list(task_ids)
+    return [method.rank(env, tid) for tid in ids]
+
+
+def summarize(results: list[MethodResult]) -> dict[str, float]:
+    """Mean metrics over tasks (keys present in every result's info), passes, tokens, wall ms."""
+    if not results:
+        raise ValueError("no results to summarize")
+    keys = [k for k in ("kendall_tau", "spearman_rho", "footrule", "kemeny", "final_agreement", "ndcg@10")
+            if all(k in r.info for r in results)]
+    out = {k: float(np.mean([r.info[k] for r in results])) for k in keys}
+    out.update(llm_passes=float(np.mean([r.llm_passes for r in results])),
+               tokens=float(np.mean([r.tokens for r in results])),
+               wall_ms=float(np.mean([r.wall_ms for r in results])), tasks=len(results))
+    return out

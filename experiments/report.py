@@ -1,0 +1,177 @@
+"""Writing evaluation results: atomic files, JSON/CSV, TREC runs and the Markdown table.
+
+Every file is written to a temp file in the target folder and renamed into place, so an interrupted run
+leaves either the previous file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+AGREEMENT = ("kendall_tau", "spearman_rho", "footrule", "kemeny")  # footrule/kemeny: distances, lower = better
+QUALITY = ("ndcg@10", "hr@1", "ndcg@5")  # vs human labels (IR) / the held-out item (recommendation)
+COST = ("llm_passes", "tokens", "wall_ms", "latency_ms", "decode_ms", "rounds")
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create ``folder`` and prove we can write there, before hours of evaluation are spent."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise OSError(f"output directory {str(path)!r} is not writable ({err.strerror or err}); "
+                      "choose another with --output") from err
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path next to ``path``; renamed onto ``path`` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are for everyone to read
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):
+        return _jsonable(x.tolist())
+    return x
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(_jsonable(data), indent=1, default=str) + "\n")
+
+
+def flat_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: ``{metric}`` = mean, ``{metric}_lo``/``_hi`` = the 95 % CI."""
+    row: dict[str, Any] = {}
+    for key, value in cell.items():
+        if isinstance(value, dict):
+            row[key], row[f"{key}_lo"], row[f"{key}_hi"] = value["mean"], value["ci_low"], value["ci_high"]
+        else:
+            row[key] = value
+    return row
+
+
+def write_csv(path: str | Path, cells: Sequence[dict[str, Any]]) -> Path:
+    rows = [flat_cell(c) for c in cells]
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_jsonable(rows))
+    return write_text(path, buf.getvalue())
+
+
+def write_trec_run(path: str | Path, rankings: dict[str, Sequence[str]], tag: str) -> Path:
+    """TREC run format: ``qid Q0 docid rank score tag`` (score = N - rank, so higher is better)."""
+    lines = [f"{qid} Q0 {docid} {rank} {len(docids) - rank + 1} {tag}"
+             for qid, docids in rankings.items() for rank, docid in enumerate(docids, start=1)]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+# ---- Markdown -----------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, dict):
+        return _fmt(value["mean"], digits)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _with_ci(value: Any) -> str:
+    if not isinstance(value, dict) or value["mean"] is None:
+        return _fmt(value)
+    return f"{value['mean']:.3f} ± {(value['ci_high'] - value['ci_low']) / 2:.3f}"
+
+
+def _times(value: float | None) -> str:
+    return f"{value:.2f}×" if value else "–"
+
+
+def _budget(cell: dict[str, Any]) -> str:
+    return "–" if cell["budget"] is None else str(cell["budget"])
+
+
+def _order(cells: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    rank = {m: k for k, m in enumerate(methods)}
+    return sorted(cells, key=lambda c: (c["budget"] is not None, c["budget"] or 0, rank.get(c["method"], 99)))
+
+
+def markdown_tables(cells: Sequence[dict[str, Any]], datasets: Sequence[str], methods: Sequence[str]) -> str:
+    """Table 1 in the paper's layout (agreement with the target, datasets side by side), then one
+    cost-and-quality table per dataset."""
+    keyed = {(c["dataset"], c["method"], c["budget"]): c for c in cells}
+    rows = sorted({(c["method"], c["budget"]) for c in cells},
+                  key=lambda mb: (mb[1] is not None, mb[1] or 0, methods.index(mb[0]) if mb[0] in methods else 99))
+    arrows = {"kendall_tau": "τ ↑", "spearman_rho": "ρ ↑", "footrule": "F ↓", "kemeny": "K ↓"}
+    head = ["T", "Method"] + [f"{d} {arrows[m]}" for d in datasets for m in AGREEMENT]
+    out = ["**Agreement with the target LLM's AR ranking** (mean over tasks; ↓ = distance)", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, budget in rows:
+        line = ["–" if budget is None else str(budget), method]
+        for d in datasets:
+            cell = keyed.get((d, method, budget))
+            line += [_fmt(cell[m]) if cell else "" for m in AGREEMENT]
+        out.append("| " + " | ".join(line) + " |")
+    for d in datasets:
+        mine = [c for c in cells if c["dataset"] == d]
+        if not mine:
+            continue
+        quality = [q for q in QUALITY if any(c.get(q) is not None for c in mine)]
+        head = ["T", "Method", "τ (95 % CI)", *quality, "LLM passes", "tokens", "ms / ranking", "speedup vs AR",
+                "decode ms", "decode speedup", "Δτ vs best baseline", "p (Wilcoxon)"]
+        out += ["", f"**{d}**: quality, cost and significance ({mine[0]['tasks']} tasks)", "",
+                "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for c in _order(mine, methods):
+            delta = c.get("delta_tau_pct")
+            line = [_budget(c), c["method"], _with_ci(c["kendall_tau"]), *[_fmt(c.get(q)) for q in quality],
+                    _fmt(c["llm_passes"], 1), _fmt(c["tokens"], 0), _fmt(c["latency_ms"], 1),
+                    _times(c.get("speedup_vs_ar")), _fmt(c.get("decode_ms"), 1),
+                    _times(c.get("decode_speedup_vs_ar")),
+                    "" if delta is None else f"{delta:+.1f} % vs {c['vs_baseline']}",
+                    "" if c.get("p_value") is None else f"{c['p_value']:.3g}"]
+            out.append("| " + " | ".join(line) + " |")
+    return "\n".join(out) + "\n"

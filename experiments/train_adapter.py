@@ -1,0 +1,283 @@
+"""Distil all-MiniLM-L6-v2 into a LoRA listwise-ranking adapter for the bundled Gemma 3 270M (FIRST-style).
+
+One command, resumable::
+
+    python -m experiments.train_adapter --config experiments/configs/adapter.yaml [--device cuda]
+
+Step 1 (once; ``--teacher-device cuda`` makes it ~40 s, on a busy 2-core CPU it is ~30 min) builds
+``examples.npz`` from DL20 (a share with easy negatives) and ML-100K train users with the verifier's own
+prompt code (``rsd_env.verifiers.prompts``). Step 2 trains: for the N identifier logits at the N answer
+slots (teacher permutation fed as the answer), loss = Plackett-Luce NLL of the teacher order (the LM loss
+restricted to identifiers, each slot over the not-yet-used items - exactly what constrained AR decoding
+reads) + ``rank_weight`` x FIRST's weighted RankNet on the first slot (the single-token ranking).
+Checkpoints every ``ckpt_every`` optimizer steps; rerunning the command resumes.
+
+Status (issue 7): no run so far has learned content - the losses sit at their uniform values and the AR
+ranking becomes one fixed identifier order for every task; nothing is shipped until ``eval_adapter`` passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from experiments.adapter_data import Examples, prepare
+from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="YAML file whose keys set these options' defaults")
+    p.add_argument("--model", default=None, help="base model folder (default: the bundled Gemma 3 270M)")
+    p.add_argument("--data", type=Path, default=Path(".cache_adapter/examples.npz"))
+    p.add_argument("--prepare-only", action="store_true", help="build the example file and stop")
+    p.add_argument("--teacher", default=None, help="MiniLM folder (default: from the all-minilm-l6-v2 wheel)")
+    p.add_argument("--teacher-device", default="cpu")
+    p.add_argument("--movielens", default=None, help="ML-100K folder (default: from the recbole wheel)")
+    p.add_argument("--ir-samples-per-query", type=int, default=60)
+    p.add_argument("--easy-fraction", type=float, default=0.5,
+                   help="share of IR tasks with 5-15 passages of other DL20 queries (easy negatives)")
+    p.add_argument("--rec-orders", type=int, default=2, help="presentation orders per ML-100K train user")
+    p.add_argument("--passage-tokens", type=int, nargs="+", default=[40, 48, 64, 80])
+    p.add_argument("--work-dir", type=Path, default=Path(".cache_adapter/run"), help="checkpoints, logs")
+    p.add_argument("--out", type=Path, default=Path("rsd_env/verifiers/adapters/gemma3-270m-rank-lora"))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--micro-batch", type=int, default=1)
+    p.add_argument("--accum", type=int, default=8, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=int, default=16)
+    p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--targets", nargs="+", default=LORA_TARGETS, help="module names that get LoRA")
+    p.add_argument("--rank-weight", type=float, default=1.0, help="weight of the first-slot RankNet loss")
+    p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="checkpoint and save the adapter after this long; rerun to resume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"])
+    args = p.parse_args(argv)
+    if args.config is not None:
+        p.set_defaults(**yaml.safe_load(args.config.read_text()))
+        args = p.parse_args(argv)
+    return args
+
+
+def ranking_losses(scores: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Plackett-Luce NLL, weighted RankNet) for identifier logits ``scores`` [B, N slots, N items].
+
+    ``perm`` [B, N] is the teacher order (item indices, best first); slot k's row was computed with
+    the teacher's first k items already in the answer, so it is masked to the unused ones.
+    """
+    b, n, _ = scores.shape
+    scores = scores.float()
+    rank_of = torch.empty_like(perm)
+    rank_of.scatter_(1, perm, torch.arange(n, device=perm.device).expand(b, n))
+    used = rank_of.unsqueeze(1) < torch.arange(n, device=perm.device).view(1, n, 1)  # [B, slot, item]
+    logp = scores.masked_fill(used, float("-inf")).log_softmax(-1)
+    pl = -logp.gather(2, perm.unsqueeze(2)).squeeze(2).mean()
+    first = scores[:, 0].gather(1, perm)  # first-slot scores in teacher order
+    i, j = torch.triu_indices(n, n, 1, device=perm.device)
+    weight = 1.0 / (i + j + 2).float()  # FIRST: 1 / (rank_i + rank_j), ranks from 1
+    pair = torch.nn.functional.softplus(first[:, j] - first[:, i])
+    ranknet = (pair * weight).sum(1).mean() / weight.sum()
+    return pl, ranknet
+
+
+def identifier_scores(model: Any, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor,
+                      ident_ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Logits of the N identifiers at the N answer slots: final hidden state x the identifier rows of
+    ``lm_head`` (exact here - Gemma 3 has no final logit soft-capping - and 13000x cheaper than the
+    full vocabulary)."""
+    base = model.get_base_model()
+    hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    pos = starts.unsqueeze(1) - 1 + torch.arange(n, device=ids.device)
+    picked = hidden.gather(1, pos.unsqueeze(2).expand(-1, -1, hidden.shape[-1]))
+    # fp32: identifier logits differ by far less than bf16's resolution at their magnitude (~0.1 at 20)
+    with torch.autocast(ids.device.type, enabled=False):
+        return picked.float() @ base.lm_head.weight[ident_ids].float().T
+
+
+def micro_batches(data: Examples, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Seeded shuffle; batches of similar length (less padding), then the batches shuffled."""
+    order = rng.permutation(len(data))
+    lengths = np.diff(data.offsets)
+    chunks = [order[k : k + 64 * size] for k in range(0, len(order), 64 * size)]
+    batches = []
+    for chunk in chunks:
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[k : k + size] for k in range(0, len(chunk), size)]
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def collate(data: Examples, idx: np.ndarray, pad_id: int, device: torch.device):
+    """Right-padded (ids, mask, answer starts, teacher perms) for one micro-batch."""
+    seqs = [data.sequence(i)[:-1] for i in idx]  # the last answer token is never an input
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)], mask[r, : len(s)] = s, 1
+    starts = np.diff(data.offsets)[idx]
+    tensors = (ids, mask, starts, data.perms[idx])
+    return tuple(torch.as_tensor(t, device=device) for t in tensors)
+
+
+def load_base(model_path: str, device: torch.device) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError("identifier_scores needs a model without final logit soft-capping")
+    return model.to(device)
+
+
+def save_adapter(model: Any, out: Path, meta: dict) -> None:
+    """peft adapter in bf16 (a few MB), pointing at the bundled base by name, plus training metadata."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    weights = out / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(weights).items()}, weights)
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = BUNDLED_MODEL
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "training_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from tqdm import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    model_path = args.model or str(bundled_model_dir())
+    if not args.data.exists():
+        from transformers import AutoTokenizer
+
+        from experiments.adapter_data import MiniLMTeacher
+
+        print(f"building {args.data} (MiniLM teacher on {args.teacher_device}) ...", flush=True)
+        t0 = time.time()
+        prepare(args.data, AutoTokenizer.from_pretrained(model_path), args.ir_samples_per_query,
+                args.rec_orders, args.passage_tokens, args.seed,
+                MiniLMTeacher(args.teacher, args.teacher_device), args.movielens, args.easy_fraction)
+        print(f"built {args.data} in {time.time() - t0:.0f} s", flush=True)
+    if args.prepare_only:
+        return
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    torch.manual_seed(args.seed)
+    data = Examples(args.data)
+    n = data.perms.shape[1]
+    model = get_peft_model(load_base(model_path, device), LoraConfig(
+        r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(args.targets),
+        task_type="CAUSAL_LM"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    per_epoch = math.ceil(len(data) / args.micro_batch)
+    total = args.max_steps or max(1, int(per_epoch * args.epochs) // args.accum)
+    sched = get_linear_schedule_with_warmup(opt, args.warmup, total)
+    rng = np.random.default_rng(args.seed)
+    plan = [b for _ in range(math.ceil(args.epochs) + 1) for b in micro_batches(data, args.micro_batch, rng)]
+    ckpt, step, elapsed = args.work_dir / "checkpoint.pt", 0, 0.0
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"resumed from {ckpt} at step {step}", flush=True)
+    run = _wandb(args, total)
+    ident = torch.as_tensor(data.ident_ids, device=device)
+    pad_id = int(model.config.pad_token_id or 0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    model.train()
+    bar = tqdm(total=total, initial=step, desc="adapter", dynamic_ncols=True)
+    t0 = time.time() - elapsed
+    while step < total:
+        sums = np.zeros(3)
+        for k in range(args.accum):
+            ids, mask, starts, perm = collate(data, plan[step * args.accum + k], pad_id, device)
+            with autocast:
+                scores = identifier_scores(model, ids, mask, starts, ident, n)
+            pl, ranknet = ranking_losses(scores, perm)
+            loss = pl + args.rank_weight * ranknet
+            (loss / args.accum).backward()
+            top1 = (scores[:, 0].argmax(-1) == perm[:, 0]).float().mean()
+            sums += [pl.item(), ranknet.item(), top1.item()]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        pl_m, rn_m, top1_m = sums / args.accum
+        bar.update(1)
+        bar.set_postfix(pl=f"{pl_m:.3f}", ranknet=f"{rn_m:.3f}", top1=f"{top1_m:.2f}")
+        if run is not None:
+            run.log({"loss/pl": pl_m, "loss/ranknet": rn_m, "train/top1": top1_m,
+                     "lr": sched.get_last_lr()[0]}, step=step)
+        out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
+        if step % args.ckpt_every == 0 or step == total or out_of_time:
+            _checkpoint(ckpt, model, opt, sched, step, time.time() - t0)
+        if out_of_time:
+            print(f"time limit: stopping at step {step}/{total}; rerun to resume", flush=True)
+            break
+    bar.close()
+    elapsed = time.time() - t0
+    meta = {"steps": step, "total_steps": total, "examples_seen": step * args.accum * args.micro_batch,
+            "train_seconds": round(elapsed, 1), "device": _device_name(device),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    save_adapter(model, args.out, meta)
+    print(f"saved {args.out} after {step}/{total} steps, {elapsed:.0f} s on {meta['device']}", flush=True)
+    if run is not None:
+        run.finish()
+
+
+def _checkpoint(path: Path, model: Any, opt: Any, sched: Any, step: int, elapsed: float) -> None:
+    from peft import get_peft_model_state_dict
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({"adapter": get_peft_model_state_dict(model), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "step": step, "elapsed": elapsed}, tmp)
+    tmp.replace(path)
+
+
+def _wandb(args: argparse.Namespace, total: int) -> Any:
+    """An offline wandb run unless disabled or wandb is missing (it is optional on remote machines)."""
+    if args.wandb == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("wandb is not installed: logging to the progress bar only", flush=True)
+        return None
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return wandb.init(project="rsd-adapter", mode=args.wandb, dir=str(args.work_dir),
+                      config={**config, "total_steps": total})
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu x{torch.get_num_threads()} threads"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The evaluation runner on the simulated verifier: outputs, cells, errors, atomicity, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.methods import make_method
+from experiments.evaluate import EvalConfig, evaluate, main
+
+METHODS = ["ar", "std", "sd", "heuristic", "random", "heuristic@deadline=0.5", "heuristic@adaptive=0.1"]
+
+
+def config(tmp_path: Path, **overrides) -> EvalConfig:
+    base = dict(methods=list(METHODS), datasets=["dl19", "synthetic"], budgets=[1, 2], verifier="simulated",
+                max_tasks=6, output=str(tmp_path / "out"), plots=False)
+    return EvalConfig.load(**{**base, **overrides})
+
+
+def _metrics(results) -> list[tuple]:
+    keys = ("kendall_tau", "spearman_rho", "footrule", "kemeny", "llm_passes", "tokens")
+    return [(r["dataset"], r["method"], r["budget"], r["task_id"], *(r[k] for k in keys), r.get("ndcg@10"))
+            for r in results["tasks"] if "@deadline" not in r["method"]]  # deadlines depend on the clock
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    cfg = config(tmp, plots=True, datasets=["dl19", "ml-100k"])
+    return cfg, evaluate(cfg, progress=False)
+
+
+def test_outputs_and_cells(run):
+    cfg, results = run
+    out = Path(cfg.output)
+    for name in ("results.json", "results.csv", "table.md", "dl19_budget.png", "dl19_pareto.png",
+                 "ml-100k_budget.png", "ml-100k_pareto.png", "runs/dl19/ar.trec", "runs/dl19/sd.T2.trec"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.tmp"))
+    cells = {(c["dataset"], c["method"], c["budget"]): c for c in results["cells"]}
+    # budget-free methods once per dataset, the others once per T
+    assert len(cells) == 2 * (2 + 5 * 2)
+    assert cells[("dl19", "ar", None)]["kendall_tau"]["mean"] == 1.0
+    assert cells[("dl19", "std", None)]["llm_passes"] == 1.0
+    sd2 = cells[("dl19", "sd", 2)]
+    assert sd2["tasks"] == 6 and sd2["llm_passes"] == 3.0 and "ndcg@10" in sd2
+    assert sd2["kendall_tau"]["ci_low"] <= sd2["kendall_tau"]["mean"] <= sd2["kendall_tau"]["ci_high"]
+    rec = cells[("ml-100k", "heuristic", 1)]
+    assert "hr@1" in rec and "ndcg@5" in rec and "ndcg@10" not in rec
+    adaptive = cells[("dl19", "heuristic@adaptive=0.1", 2)]
+    assert adaptive["vs_baseline"] in ("std", "sd", "heuristic") and 0.0 <= adaptive["p_value"] <= 1.0
+    assert "p_value" not in sd2 and cells[("dl19", "sd", 1)]["speedup_vs_ar"] > 1.0
+    table = (out / "table.md").read_text()
+    assert "| 2 | heuristic |" in table and "dl19 τ ↑" in table and "ml-100k" in table
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["tasks"]) == len(results["tasks"]) == 2 * 6 * (2 + 5 * 2)
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("dataset,method,budget,tasks,kendall_tau,kendall_tau_lo")
+    run_line = (out / "runs/dl19/sd.T2.trec").read_text().splitlines()[0].split()
+    assert run_line[1] == "Q0" and run_line[3] == "1" and run_line[5] == "sd.T2"
+
+
+def test_deadline_stops_rounds(tmp_path):
+    cfg = config(tmp_path, methods=["sd", "sd@deadline=0.001"], datasets=["synthetic"], budgets=[3])
+    cells = {c["method"]: c for c in evaluate(cfg, progress=False, write=False)["cells"]}
+    tight = cells["sd@deadline=0.001"]
+    assert tight["rounds"] == 0.0 and tight["llm_passes"] == 1.0  # no round fits: the STD ranking
+    assert cells["sd"]["llm_passes"] == 4.0
+
+
+def test_same_seed_same_numbers(tmp_path, run):
+    cfg, first = run
+    again = evaluate(EvalConfig.load(**{**cfg.__dict__, "output": str(tmp_path), "plots": False}),
+                     progress=False, write=False)
+    assert _metrics(again) == _metrics(first)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("methods", ["std", "bogus"], "unknown method 'bogus'"),
+    ("datasets", ["dl19", "msmarco"], r"unknown dataset\(s\) \['msmarco'\]"),
+    ("budgets", [0], "budgets must be integers >= 1"),
+])
+def test_bad_names_fail_fast(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate(config(tmp_path, **{field: value}), progress=False)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="is not writable.*--output"):
+        evaluate(config(tmp_path, output=str(blocker / "out")), progress=False)
+
+
+def _tiny_rpo(n: int):
+    import gymnasium as gym
+
+    from agents.methods import AgentMethod
+    from agents.rpo import RPO
+
+    env = gym.make("RSDRankSim-v0", config={"dataset": "synthetic", "verifier": "simulated", "n": n,
+                                            "max_tasks": 4})
+    return AgentMethod(RPO("RankingPolicy", env, group_size=1, tasks_per_batch=1, device="cpu", seed=0,
+                           policy_kwargs={"d_model": 16, "n_layers": 1}), name=f"rpo{n}")
+
+
+def test_agents_wrong_n_and_adaptive(tmp_path):
+    wrong, right = _tiny_rpo(10), _tiny_rpo(20)
+    with pytest.raises(ValueError, match="trained for N=10 candidates but the evaluation uses N=20"):
+        evaluate(config(tmp_path, methods=["std", "rpo=agent:ckpt"]), progress=False,
+                 factory=lambda spec: wrong if spec == "agent:ckpt" else make_method(spec))
+    # @adaptive on an RPO agent: its own value head decides (AgentMethod.min_gain); 1e9 = never worth it
+    cfg = config(tmp_path, methods=["rpo=agent:ok@adaptive=1e9"], datasets=["synthetic"], budgets=[2])
+    results = evaluate(cfg, progress=False, write=False, factory=lambda spec: right)
+    assert right.min_gain == 1e9
+    assert results["cells"][0]["method"] == "rpo@adaptive=1e9" and results["cells"][0]["rounds"] == 0.0
+
+
+def test_interrupted_run_leaves_no_half_written_results(tmp_path):
+    cfg = config(tmp_path, methods=["std", "sd"], datasets=["synthetic"], budgets=[1])
+    evaluate(cfg, progress=False)
+    out = Path(cfg.output)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    calls = {"n": 0}
+
+    class Crashes:
+        name = "crashes"
+
+        def rank(self, env, task_id):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return make_method("sd").rank(env, task_id)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(config(tmp_path, methods=["std", "crashes"], datasets=["synthetic"], budgets=[1]),
+                 progress=False, factory=lambda s: Crashes() if s == "crashes" else make_method(s))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_cli_quick_simulated(tmp_path, capsys):
+    assert 0 == main(["--quick", "--verifier", "simulated", "--methods", "std", "sd", "--max-tasks", "3", "--no-plots",
+          "--output", str(tmp_path), "--no-progress"])
+    assert "| 1 | sd |" in capsys.readouterr().out
+    assert (tmp_path / "results.json").is_file()
+
+
+def test_atomic_write_keeps_the_old_file_on_error(tmp_path):
+    from experiments.report import atomic_path, write_text
+
+    target = write_text(tmp_path / "results.json", "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    assert target.stat().st_mode & 0o044  # readable by others, unlike mkstemp's 0600
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert main(["--verifier", "simulated", "--methods", "std", "nope", "--output", str(tmp_path)]) == 2
+    assert "rsd-eval: error: unknown method 'nope'" in capsys.readouterr().err

@@ -1,0 +1,217 @@
+"""HFVerifier on the bundled Gemma 3 270M: exactness of the cached paths, SD/AR consistency, bad input.
+
+Small tasks (5 candidates, 16 passage tokens) keep it to about a minute on 2 CPU cores; the raw base model
+(adapter=None) is enough, since these properties hold for any model. Tolerance: 1e-4 on log-probs (the
+cached and fresh paths differ by float32 summation order, measured ~2e-5).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsd_env.data import load_tasks
+from rsd_env.data.task import Candidate, RankingTask
+from rsd_env.verifiers import hf, make_verifier, prompts
+from rsd_env.verifiers.model_store import BUNDLED_MODEL
+from rsd_env.verifiers.target_cache import TargetCache
+
+pytestmark = pytest.mark.llm
+ATOL = 1e-4
+N = 5
+
+
+@pytest.fixture(scope="module")
+def verifier() -> hf.HFVerifier:
+    """Loaded once per process: make_verifier shares instances with equal settings across test modules."""
+    return make_verifier("bundled", adapter=None, passage_tokens=16, target_cache=False)
+
+
+@pytest.fixture(scope="module")
+def tasks() -> list[RankingTask]:
+    return load_tasks("trec-dl", "test", n=N, max_tasks=2)
+
+
+def test_cached_rows_equal_a_fresh_full_forward(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    task = tasks[0]
+    ranking = np.array([3, 0, 4, 2, 1])
+    v = verifier.verify(task, ranking)
+    fresh = verifier.rows_without_cache(task, ranking)
+    np.testing.assert_allclose(v.logprobs, fresh, atol=ATOL)
+    np.testing.assert_allclose(v.logprobs[0], verifier.first_token_scores(task), atol=ATOL)
+    np.testing.assert_allclose(np.exp(v.logprobs).sum(axis=1), 1.0, atol=1e-6)
+    assert (v.accepted, v.correction) == hf.greedy_acceptance(ranking, fresh)
+
+
+def test_prefix_reuse_feeds_only_the_new_suffix(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    task = tasks[1]
+    verifier.verify(task, [0, 1, 2, 3, 4])
+    before = verifier.stats.snapshot()
+    second = [0, 1, 4, 3, 2]  # shares two identifiers with the first proposal
+    rows = verifier.verify(task, second).logprobs
+    spent = verifier.stats.since(before)
+    assert spent.tokens == (N - 1) - 2 and spent.forward_passes == 1
+    np.testing.assert_allclose(rows, verifier.rows_without_cache(task, second), atol=ATOL)
+    before = verifier.stats.snapshot()
+    again = verifier.verify(task, second).logprobs  # fully known: no forward pass at all
+    assert verifier.stats.since(before).forward_passes == 0
+    np.testing.assert_array_equal(again, rows)
+
+
+def test_target_is_accepted_whole_and_left_to_right_sd_reproduces_it(
+    verifier: hf.HFVerifier, tasks: list[RankingTask]
+) -> None:
+    for task in tasks:
+        target = verifier.target_ranking(task)
+        verifier.clear_cache(keep_prompts=True)  # verify in one fresh pass, not from the AR pass's rows
+        assert verifier.verify(task, target).accepted == N
+        verifier.clear_cache(keep_prompts=True)
+        order = list(verifier.single_token_ranking(task))
+        locked: list[int] = []
+        for _ in range(N):  # T = N rounds always suffice: each round locks at least one more position
+            draft = locked + [j for j in order if j not in locked]
+            locked = list(verifier.verify(task, draft).verified_prefix)
+            if len(locked) >= N - 1:
+                locked += [j for j in range(N) if j not in locked]
+                break
+        np.testing.assert_array_equal(np.asarray(locked), target)
+
+
+def test_same_input_gives_the_same_output(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    ranking = [4, 3, 2, 1, 0]
+    verifier.clear_cache(keep_prompts=True)
+    first = verifier.verify(tasks[0], ranking)
+    verifier.clear_cache(keep_prompts=True)
+    second = verifier.verify(tasks[0], ranking)
+    np.testing.assert_array_equal(first.logprobs, second.logprobs)
+    assert (first.accepted, first.correction) == (second.accepted, second.correction)
+
+
+def test_batch_equals_single_calls(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    rng = np.random.default_rng(0)
+    requests = [(tasks[i % 2], rng.permutation(N)) for i in range(4)]
+    assert len({len(verifier.prompt_ids(t)) for t in tasks}) == 2, "tasks must differ in prompt length"
+    for task, _ in requests:
+        verifier.first_token_scores(task)  # prompts cached, so the batch below is one verify pass
+    verifier.clear_cache(keep_prompts=True)
+    before = verifier.stats.snapshot()
+    batch = verifier.verify_batch(requests)
+    assert verifier.stats.since(before).calls.get("verify") == 1
+    verifier.clear_cache(keep_prompts=True)
+    for (task, ranking), got in zip(requests, batch):
+        single = verifier.verify(task, ranking)
+        np.testing.assert_allclose(got.logprobs, single.logprobs, atol=ATOL)
+        assert (got.accepted, got.correction) == (single.accepted, single.correction)
+
+
+def test_prompts_longer_than_the_sliding_window(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    """Gemma 3's sliding layers keep 511 tokens: cached, prefix-reused and padded-batch rows stay exact."""
+    long = dataclasses.replace(tasks[1], task_id="long", query=" ".join([tasks[1].query] * 40))
+    window = verifier.model.config.sliding_window
+    assert len(verifier.prompt_ids(long)) > window > len(verifier.prompt_ids(tasks[0]))
+    first, second = np.array([4, 2, 0, 1, 3]), np.array([4, 2, 3, 1, 0])
+    fresh = {}
+    for proposal in (first, second):  # the second reuses the first's 2-item prefix
+        got = verifier.verify(long, proposal).logprobs
+        fresh[proposal.tobytes()] = verifier.rows_without_cache(long, proposal)
+        np.testing.assert_allclose(got, fresh[proposal.tobytes()], atol=ATOL)
+    verifier.clear_cache(keep_prompts=True)
+    batch = verifier.verify_batch([(tasks[0], first), (long, second)])  # one row past the window, one not
+    np.testing.assert_allclose(batch[0].logprobs, verifier.rows_without_cache(tasks[0], first), atol=ATOL)
+    np.testing.assert_allclose(batch[1].logprobs, fresh[second.tobytes()], atol=ATOL)
+    target = verifier.target_ranking(long)
+    verifier.clear_cache(keep_prompts=True)
+    assert verifier.verify(long, target).accepted == N
+
+
+def test_target_disk_cache_round_trip(
+    verifier: hf.HFVerifier, tasks: list[RankingTask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_dir = tmp_path / "targets"
+    monkeypatch.setattr(verifier, "_targets", TargetCache(cache_dir))
+    task = tasks[0]
+    target = verifier.target_ranking(task)
+    files = list(cache_dir.rglob("*.json"))
+    assert files and not list(cache_dir.rglob("*.tmp"))
+    verifier.clear_cache(keep_prompts=True)
+    before = verifier.stats.snapshot()
+    np.testing.assert_array_equal(verifier.target_ranking(task), target)
+    assert verifier.stats.since(before).calls.get("ar", 0) == 0
+    for f in files:  # a corrupt entry is recomputed and rewritten, never trusted
+        f.write_text("{not json")
+    verifier.clear_cache(keep_prompts=True)
+    np.testing.assert_array_equal(verifier.target_ranking(task), target)
+    assert verifier.stats.since(before).calls.get("ar", 0) == 1
+
+
+def test_bad_rankings_are_rejected(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        verifier.verify(tasks[0], [0, 0, 1, 2, 3])
+    with pytest.raises(ValueError, match="unknown items"):
+        verifier.verify(tasks[0], [0, 1, 2, 3, 9])
+    with pytest.raises(ValueError, match="all 5 items"):
+        verifier.verify_batch([(tasks[0], [0, 1, 2])])
+
+
+def test_prompt_over_context_length_is_a_clear_error(
+    verifier: hf.HFVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = RankingTask("long", "ir", tuple(Candidate(str(i), "word " * 40) for i in range(3)), query="q")
+    monkeypatch.setattr(verifier, "_max_len", 64)
+    with pytest.raises(ValueError, match="context length 64; lower passage_tokens"):
+        verifier.first_token_scores(task)
+
+
+class _TwoTokenTokenizer:
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [7, 8]}
+
+
+def test_identifiers_must_be_single_tokens(verifier: hf.HFVerifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verifier, "tokenizer", _TwoTokenTokenizer())
+    with pytest.raises(ValueError, match="single-token identifiers"):
+        verifier._identifiers(7)  # a new N: checked on first use
+    with pytest.raises(ValueError, match="single-token identifiers"):
+        prompts.identifier_token_ids(_TwoTokenTokenizer(), 3)
+
+
+def test_model_and_adapter_paths_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        hf.HFVerifier(model="/nonexistent/model", adapter=None)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        hf.HFVerifier(model=str(tmp_path), adapter=None)
+    with pytest.raises(FileNotFoundError, match="no peft adapter"):
+        hf.HFVerifier(adapter=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="adapter=None"):
+        hf.HFVerifier(model="someorg/some-model")  # the bundled adapter is only for the bundled model
+    monkeypatch.setattr(hf, "bundled_adapter_dir", lambda: tmp_path / "not-installed")
+    with pytest.raises(FileNotFoundError, match="pass adapter=None"):
+        hf.HFVerifier(model=BUNDLED_MODEL)
+    with pytest.raises(ValueError, match="passage_tokens"):
+        hf.HFVerifier(adapter=None, passage_tokens=0)
+
+
+def test_lora_adapter_is_merged_exactly(
+    verifier: hf.HFVerifier, tasks: list[RankingTask], tmp_path: Path
+) -> None:
+    """A random LoRA saved in peft format: merged rows == the unmerged peft model's rows != base rows."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(verifier.model), config).eval()
+    peft_model.save_pretrained(tmp_path / "lora")
+    task, ranking = tasks[0], np.array([1, 0, 2, 4, 3])
+    ids = prompts.identifier_token_ids(verifier.tokenizer, N)
+    reference = hf.full_forward_rows(peft_model, verifier.prompt_ids(task), ids, ranking)
+    del peft_model
+    adapted = hf.HFVerifier(adapter=str(tmp_path / "lora"), passage_tokens=16, target_cache=False)
+    rows = adapted.verify(task, ranking).logprobs
+    np.testing.assert_allclose(rows, reference, atol=ATOL)
+    assert np.abs(rows - verifier.rows_without_cache(task, ranking)).max() > 1e-2  # the adapter did something
+    assert adapted.fingerprint() != verifier.fingerprint()

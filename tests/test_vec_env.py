@@ -1,0 +1,100 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import rsd_env
+from agents.vec_env import RSDVecEnv
+
+SIM = {**rsd_env.SIM_CONFIG, "data": {"count": 16}, "budget": 2}
+
+
+def _make():
+    return gym.make("RSDRankSim-v0", config=SIM)
+
+
+def _rollout(venv, steps=7, seed=5):
+    venv.seed(seed)
+    obs = venv.reset()
+    rng = np.random.default_rng(0)
+    trace = [obs]
+    for _ in range(steps):
+        actions = rng.uniform(-1, 1, (venv.num_envs, 20)).astype(np.float32)
+        obs, rewards, dones, infos = venv.step(actions)
+        trace.append((obs, rewards, dones, [i.get("terminal_observation") for i in infos],
+                      [i.get("episode", {}).get("r") for i in infos]))
+    return trace
+
+
+def _assert_same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    elif a is None or isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-9) if a is not None else b is None
+    else:
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_batched_vec_env_gives_the_same_episodes_as_dummy_vec_env():
+    batched = _rollout(RSDVecEnv.from_env(_make(), 3))
+    plain = _rollout(DummyVecEnv([_make for _ in range(3)]))
+    for b, p in zip(batched[1:], plain[1:]):
+        _assert_same(b[:4], p[:4])
+    _assert_same(batched[0], plain[0])
+    assert any(any(d) for _, _, d, _, _ in batched[1:])  # episodes ended and auto-reset
+
+
+def test_one_verify_batch_call_per_vector_step():
+    venv = RSDVecEnv.from_env(_make(), 4)
+    verifier = venv.raw[0].verifier
+    assert all(r.verifier is verifier for r in venv.raw)
+    calls = []
+    original = verifier.verify_batch
+    verifier.verify_batch = lambda requests: calls.append(len(requests)) or original(requests)
+    venv.reset()
+    for _ in range(3):
+        venv.step(np.zeros((4, 20), dtype=np.float32))
+    assert calls == [4, 4, 4]
+
+
+def test_episode_infos_follow_sb3_semantics():
+    venv = RSDVecEnv([_make, _make])
+    venv.seed(0)
+    venv.reset()
+    total = np.zeros(2)
+    for _ in range(2):
+        _, rewards, dones, infos = venv.step(np.zeros((2, 20), dtype=np.float32))
+        total += rewards
+    assert dones.all()
+    for i, info in enumerate(infos):
+        assert info["episode"]["r"] == pytest.approx(total[i], abs=1e-6) and info["episode"]["l"] == 2
+        assert info["terminal_observation"]["round"][0] == 2
+
+
+def test_subproc_vec_env_runs_our_env():
+    venv = SubprocVecEnv([_make, _make], start_method="fork")
+    try:
+        venv.seed(0)
+        venv.reset()
+        _, rewards, _, _ = venv.step(np.zeros((2, 20), dtype=np.float32))
+        assert rewards.shape == (2,)
+    finally:
+        venv.close()
+
+
+def test_bad_inputs_get_clear_errors():
+    with pytest.raises(ValueError, match="at least one env"):
+        RSDVecEnv([])
+    with pytest.raises(TypeError, match="DummyVecEnv"):
+        RSDVecEnv([lambda: gym.make("CartPole-v1")])
+    with pytest.raises(ValueError, match="same n and budget"):
+        RSDVecEnv([_make, lambda: gym.make("RSDRankSim-v0", config={**SIM, "budget": 3})])
+    venv = RSDVecEnv.from_env(_make(), 2)
+    with pytest.raises(ValueError, match="one task id per env"):
+        venv.reset_to(["x"])
