@@ -1,0 +1,32 @@
+"""RSDRank-v0's default: the bundled real LLM on DL19, offline, check_env clean."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import rsd_env  # noqa: F401
+from rsd_env.verifiers.hf import HFVerifier, bundled_adapter_dir
+
+pytestmark = pytest.mark.llm
+
+
+def test_default_env_runs_the_bundled_llm_on_dl19_and_passes_check_env():
+    from gymnasium.utils.env_checker import check_env
+
+    config = {"max_tasks": 2, "verifier_kwargs": {"passage_tokens": 16, "target_cache": False}}
+    if (bundled_adapter_dir() / "adapter_config.json").exists():
+        env = gym.make("RSDRank-v0", config=config)
+    else:  # until the adapter ships, 'bundled' says that it runs the raw base model
+        with pytest.warns(UserWarning, match="adapter .* is not shipped"):
+            env = gym.make("RSDRank-v0", config=config)
+    base = env.unwrapped
+    assert isinstance(base.verifier, HFVerifier) and base.verifier.model_name == "bundled:gemma-3-270m"
+    assert base.config["dataset"] == "trec-dl" and base.config["split"] == "test"
+    assert base.tasks[0].task_id == "264014"  # the first DL19 query
+    check_env(base)
+    obs, info = env.reset(seed=0)
+    target = base.target(base.task)
+    _, _, done, _, info = env.step(np.zeros(20, dtype=np.float32))
+    np.testing.assert_array_equal(base.committed_ranking()[: info["verified_prefix"]],
+                                  target[: info["verified_prefix"]])
+    assert info["verified_prefix"] >= 1
