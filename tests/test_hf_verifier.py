@@ -17,6 +17,7 @@ import pytest
 from rsd_env.data import load_tasks
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.verifiers import hf, make_verifier, prompts
+from rsd_env.verifiers.base import greedy_acceptance
 from rsd_env.verifiers.model_store import BUNDLED_MODEL
 from rsd_env.verifiers.target_cache import TargetCache
 
@@ -44,7 +45,7 @@ def test_cached_rows_equal_a_fresh_full_forward(verifier: hf.HFVerifier, tasks: 
     np.testing.assert_allclose(v.logprobs, fresh, atol=ATOL)
     np.testing.assert_allclose(v.logprobs[0], verifier.first_token_scores(task), atol=ATOL)
     np.testing.assert_allclose(np.exp(v.logprobs).sum(axis=1), 1.0, atol=1e-6)
-    assert (v.accepted, v.correction) == hf.greedy_acceptance(ranking, fresh)
+    assert (v.accepted, v.correction) == greedy_acceptance(ranking, fresh)
 
 
 def test_prefix_reuse_feeds_only_the_new_suffix(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:

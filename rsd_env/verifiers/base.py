@@ -140,8 +140,19 @@ class Verifier(ABC):
     def verify_batch(
         self, requests: Sequence[tuple[RankingTask, Sequence[int] | np.ndarray]]
     ) -> list[Verification]:
-        """Verify several (task, ranking) pairs; backends override this to share one forward pass."""
-        return [self.verify(task, ranking) for task, ranking in requests]
+        """Verify several (task, ranking) pairs; backends share one pass via ``_verify_rows_batch``."""
+        checked = [(task, validate_ranking(task, ranking)) for task, ranking in requests]
+        if not checked:
+            return []
+        out = []
+        for (_, arr), rows in zip(checked, self._verify_rows_batch(checked)):
+            rows = np.asarray(rows, dtype=np.float64)
+            out.append(Verification(arr, rows, *greedy_acceptance(arr, rows)))
+        return out
+
+    def _verify_rows_batch(self, requests: Sequence[tuple[RankingTask, np.ndarray]]) -> list[np.ndarray]:
+        """Rows for validated (task, ranking) pairs; the default verifies them one by one."""
+        return [self._verify_rows(task, ranking) for task, ranking in requests]
 
     def target_ranking(self, task: RankingTask) -> np.ndarray:
         """Constrained greedy AR decoding: N steps, each the best unused identifier.

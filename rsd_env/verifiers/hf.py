@@ -29,7 +29,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from rsd_env.data.task import RankingTask
 from rsd_env.verifiers import prompts
-from rsd_env.verifiers.base import Verification, Verifier, greedy_acceptance, validate_ranking
+from rsd_env.verifiers.base import Verifier, validate_ranking
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir, cache_root
 from rsd_env.verifiers.target_cache import TargetCache
 
@@ -599,18 +599,9 @@ class HFVerifier(Verifier):
     def _verify_rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
         return self._rows_batch([(task, ranking)])[0]
 
-    def verify_batch(
-        self, requests: Sequence[tuple[RankingTask, Sequence[int] | np.ndarray]]
-    ) -> list[Verification]:
+    def _verify_rows_batch(self, requests: Sequence[tuple[RankingTask, np.ndarray]]) -> list[np.ndarray]:
         """Several (task, ranking) pairs in one padded forward pass (tasks may differ)."""
-        checked = [(task, validate_ranking(task, ranking)) for task, ranking in requests]
-        if not checked:
-            return []
-        out = []
-        for (_, arr), rows in zip(checked, self._rows_batch(checked)):
-            accepted, correction = greedy_acceptance(arr, rows)
-            out.append(Verification(arr, rows, accepted, correction))
-        return out
+        return self._rows_batch(requests)
 
     # ---- target ---------------------------------------------------------------------------------------
     def target_ranking(self, task: RankingTask) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from rsd_env.data.task import RankingTask
 from rsd_env.verifiers import prompts
-from rsd_env.verifiers.base import Verification, Verifier, greedy_acceptance, validate_ranking
+from rsd_env.verifiers.base import Verifier
 from rsd_env.verifiers.hf import DEFAULT_PASSAGE_TOKENS, check_passage_tokens
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir, cache_root
 from rsd_env.verifiers.target_cache import TargetCache
@@ -205,25 +205,16 @@ class OpenAIVerifier(Verifier):
             slots = self._slot_logprobs(prompt + answer, len(prompt))
         return self._to_rows(slots, ids)
 
-    def verify_batch(
-        self, requests: Sequence[tuple[RankingTask, Sequence[int] | np.ndarray]]
-    ) -> list[Verification]:
+    def _verify_rows_batch(self, requests: Sequence[tuple[RankingTask, np.ndarray]]) -> list[np.ndarray]:
         """Concurrent requests, which the server batches (continuous batching in vLLM)."""
-        checked = [(task, validate_ranking(task, ranking)) for task, ranking in requests]
-        if not checked:
-            return []
         calls = []
-        for task, ranking in checked:
+        for task, ranking in requests:
             prompt, ids = self._prompt(task)
             calls.append((prompt + [ids[j] for j in ranking], len(prompt), ids))
         with self.timed("verify", passes=len(calls), tokens=sum(len(c[0]) - c[1] for c in calls)):
             with ThreadPoolExecutor(max_workers=min(self.max_workers, len(calls))) as pool:
                 slots = list(pool.map(lambda c: self._slot_logprobs(c[0], c[1]), calls))
-        out = []
-        for (_, ranking), call, got in zip(checked, calls, slots):
-            rows = self._to_rows(got, call[2])
-            out.append(Verification(ranking, rows, *greedy_acceptance(ranking, rows)))
-        return out
+        return [self._to_rows(got, call[2]) for call, got in zip(calls, slots)]
 
     def target_ranking(self, task: RankingTask) -> np.ndarray:
         """Greedy AR via growing verified prefixes (each request locks >= 1 item); cached like HFVerifier."""
