@@ -11,8 +11,6 @@ prompt prefill as a new query would.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,9 +185,7 @@ class IdentityMethod(RankingMethod):
 class ARMethod(RankingMethod):
     """The target itself: constrained greedy AR decoding, N decode steps; agreement 1 by definition.
 
-    Its wall time is the latency reference, so it decodes without the target cache: the verifier's
-    uncached ``_decode_target`` where it has one (HFVerifier), else ``target_ranking`` with the
-    ``target_cache`` attribute (if any) switched off.
+    Its wall time is the latency reference, so it calls the verifier's uncached ``decode_target``.
     """
 
     name = "ar"
@@ -202,11 +198,7 @@ class ARMethod(RankingMethod):
         self._prepare(verifier)
         before = verifier.stats.snapshot()
         start = time.perf_counter()
-        if hasattr(verifier, "_decode_target"):
-            ranking = np.asarray(verifier._decode_target(task), dtype=np.int64)
-        else:
-            with _uncached(verifier):
-                ranking = np.asarray(verifier.target_ranking(task), dtype=np.int64)
+        ranking = np.asarray(verifier.decode_target(task), dtype=np.int64)
         wall_ms = 1000.0 * (time.perf_counter() - start)
         cost = verifier.stats.since(before)
         docids = [task.candidates[j].docid for j in ranking]
@@ -217,18 +209,6 @@ class ARMethod(RankingMethod):
         if task.has_labels():
             info["ndcg@10"] = ndcg_at_k({task_id: docids}, {task_id: task.relevance()}, 10)[task_id]
         return MethodResult(task_id, ranking, docids, cost.forward_passes, cost.tokens, wall_ms, info)
-
-
-@contextmanager
-def _uncached(verifier) -> Iterator[None]:
-    if getattr(verifier, "target_cache", None) is None:
-        yield
-        return
-    saved, verifier.target_cache = verifier.target_cache, None
-    try:
-        yield
-    finally:
-        verifier.target_cache = saved
 
 
 class AgentMethod(RankingMethod):

@@ -168,6 +168,13 @@ class Verifier(ABC):
             rest = [j for j in range(task.n) if j not in set(ranking)]
         return np.asarray(ranking, dtype=np.int64)
 
+    def decode_target(self, task: RankingTask) -> np.ndarray:
+        """The AR decode itself, never served from a cache: what the AR baseline's latency measures.
+
+        Backends that cache ``target_ranking`` override this with their uncached decoder.
+        """
+        return Verifier.target_ranking(self, task)
+
     def fingerprint(self) -> str:
         """Identifies the model and settings, for on-disk caches of targets."""
         return self.name

@@ -651,7 +651,6 @@ class HFVerifier(Verifier):
             )
         return arr
 
-    _decode_target = decode_target  # old name, used by agents/methods.py until it switches
 
     # ---- full-vocabulary log-probs (what an OpenAI-style server returns) ---------------------------------
     @torch.inference_mode()

@@ -220,7 +220,7 @@ class OpenAIVerifier(Verifier):
         """Greedy AR via growing verified prefixes (each request locks >= 1 item); cached like HFVerifier."""
         prompt, _ = self._prompt(task)
         return self._targets.get_or_compute(
-            self.fingerprint(), prompt, task.n, lambda: Verifier.target_ranking(self, task),
+            self.fingerprint(), prompt, task.n, lambda: self.decode_target(task),
             {"task_id": task.task_id},
         )
 

@@ -85,8 +85,11 @@ class SimulatedVerifier(Verifier):
         with self.timed("verify", passes=1, tokens=task.n):
             return self._rows(task, ranking)
 
+    def decode_target(self, task: RankingTask) -> np.ndarray:
+        return self.target_ranking(task)
+
     def target_ranking(self, task: RankingTask) -> np.ndarray:
-        """Greedy AR, one simulated decode step per position."""
+        """Greedy AR, one simulated decode step per position (nothing is cached)."""
         with self.timed("ar", passes=task.n, tokens=task.n):
             ranking: list[int] = []
             used = np.zeros(task.n, dtype=bool)
