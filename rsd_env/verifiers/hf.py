@@ -31,10 +31,10 @@ from rsd_env.data.task import RankingTask
 from rsd_env.verifiers import prompts
 from rsd_env.verifiers.base import Verifier, validate_ranking
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir, cache_root
+from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS, check_passage_tokens
 from rsd_env.verifiers.target_cache import TargetCache
 
 BUNDLED_ADAPTER = "bundled"
-DEFAULT_PASSAGE_TOKENS = 64  # measured table: experiments/bench_verifier.py (see README); adapter trained at 48-80
 _CHECK_N = 20  # identifiers checked at load time (the project's N); other N are checked on first use
 
 
@@ -208,12 +208,6 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and table[dtype] == torch.float16:
         raise ValueError("float16 is not supported on CPU; use dtype='float32' or 'bfloat16'")
     return table[dtype]
-
-
-def check_passage_tokens(value: int | None) -> None:
-    """A passage token budget is a positive int, or None for whole passages."""
-    if value is not None and (not isinstance(value, int) or value < 1):
-        raise ValueError(f"passage_tokens must be an int >= 1 or None (no truncation), got {value!r}")
 
 
 def _file_digest(path: Path) -> str:

@@ -17,6 +17,9 @@ import yaml
 from rsd_env.data.task import RankingTask
 
 IDENTIFIERS = string.ascii_uppercase  # up to 26 candidates
+# tokens kept per passage: the smallest budget whose target matched the 128-token one in
+# experiments/bench_verifier.py's table (see README)
+DEFAULT_PASSAGE_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,12 @@ def identifiers(n: int) -> list[str]:
 def answer_tokens_text(n: int) -> list[str]:
     """The text of each identifier as it appears in the answer (one token each): ' A', ' B', ..."""
     return [" " + letter for letter in identifiers(n)]
+
+
+def check_passage_tokens(value: int | None) -> None:
+    """A passage token budget is a positive int, or None for whole passages."""
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"passage_tokens must be an int >= 1 or None (no truncation), got {value!r}")
 
 
 def truncate(text: str, tokenizer: Any, max_tokens: int | None) -> str:

@@ -32,8 +32,8 @@ import numpy as np
 from rsd_env.data.task import RankingTask
 from rsd_env.verifiers import prompts
 from rsd_env.verifiers.base import Verifier
-from rsd_env.verifiers.hf import DEFAULT_PASSAGE_TOKENS, check_passage_tokens
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir, cache_root
+from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS, check_passage_tokens
 from rsd_env.verifiers.target_cache import TargetCache
 
 _RETRY_HTTP = {408, 429, 500, 502, 503, 504}
