@@ -47,13 +47,6 @@ def order_to_action(order: np.ndarray, n: int) -> np.ndarray:
     return action
 
 
-def find_task(env: RSDRankEnv, task_id: str) -> RankingTask:
-    for task in env.tasks:
-        if task.task_id == task_id:
-            return task
-    raise KeyError(f"unknown task_id {task_id!r}; see env.unwrapped.tasks")
-
-
 class RankingMethod:
     """Base class: runs one episode with ``act`` choosing each round's item scores.
 
@@ -80,7 +73,7 @@ class RankingMethod:
 
     def rank(self, env: RSDRankEnv, task_id: str) -> MethodResult:
         env = env.unwrapped
-        task = find_task(env, task_id)
+        task = env.task_by_id(task_id)
         env.target(task)  # memoised before the meter starts: the reference is not this method's cost
         self._prepare(env.verifier)
         before = env.verifier.stats.snapshot()
@@ -192,7 +185,7 @@ class ARMethod(RankingMethod):
 
     def rank(self, env: RSDRankEnv, task_id: str) -> MethodResult:
         env = env.unwrapped
-        task = find_task(env, task_id)
+        task = env.task_by_id(task_id)
         target = env.target(task)
         verifier = env.verifier
         self._prepare(verifier)

@@ -68,10 +68,7 @@ class RSDVecEnv(VecEnv):
             raise TypeError(f"expected an RSDRankEnv, got {type(base).__name__}")
         envs: list[gym.Env] = [env]
         for _ in range(num_envs - 1):
-            clone = RSDRankEnv({**base.config, "verifier": base.verifier, "tasks": base.tasks, "max_tasks": None},
-                               render_mode=base.render_mode)
-            clone._targets = base._targets  # one memo of target rankings for all copies
-            envs.append(clone)
+            envs.append(base.clone())
         return cls(envs)
 
     # ---- SB3 VecEnv API ------------------------------------------------------------------------

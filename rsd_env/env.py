@@ -80,6 +80,18 @@ class RSDRankEnv(gym.Env):
                              f"(e.g. {too_big[0]!r}); raise n or cut the tasks")
         return tasks
 
+    def task_by_id(self, task_id: str) -> RankingTask:
+        if task_id not in self._index:
+            raise KeyError(f"unknown task_id {task_id!r}; see env.unwrapped.tasks")
+        return self.tasks[self._index[task_id]]
+
+    def clone(self) -> RSDRankEnv:
+        """Another env over the same tasks, verifier and target memo: vector envs reload nothing."""
+        other = type(self)({**self.config, "verifier": self.verifier, "tasks": self.tasks, "max_tasks": None},
+                           render_mode=self.render_mode)
+        other._targets = self._targets
+        return other
+
     def target(self, task: RankingTask) -> np.ndarray:
         """The target LLM's AR ranking (memoised; real verifiers also cache it on disk)."""
         if task.task_id not in self._targets:
@@ -93,9 +105,7 @@ class RSDRankEnv(gym.Env):
         super().reset(seed=seed)
         options = options or {}
         if "task_id" in options:
-            if options["task_id"] not in self._index:
-                raise KeyError(f"unknown task_id {options['task_id']!r}; see env.unwrapped.tasks")
-            k = self._index[options["task_id"]]
+            k = self._index[self.task_by_id(options["task_id"]).task_id]
         elif self.config["task_order"] == "cycle":
             k, self._cycle = self._cycle % len(self.tasks), self._cycle + 1
         else:

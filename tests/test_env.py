@@ -204,3 +204,16 @@ def test_ppo_learns_on_the_registered_simulated_env():
     model = PPO("MultiInputPolicy", gym.make("RSDRankSim-v0"), n_steps=256, batch_size=64, seed=0)
     model.learn(2048)
     assert model.num_timesteps >= 2048
+
+
+def test_clone_shares_tasks_verifier_and_target_memo():
+    env = make(budget=2)
+    twin = env.clone()
+    assert all(a is b for a, b in zip(twin.tasks, env.tasks)) and len(twin.tasks) == len(env.tasks)
+    assert twin.verifier is env.verifier and twin.config["budget"] == 2
+    task = env.task_by_id("synthetic:test:3")
+    env.target(task)
+    assert task.task_id in twin._targets  # computed once, seen by both
+    assert run_episode(env, 9) == run_episode(twin, 9)
+    with pytest.raises(KeyError, match="unknown task_id"):
+        env.task_by_id("nope")
