@@ -16,7 +16,7 @@ import numpy as np
 
 from rsd_env.data import load_tasks
 from rsd_env.data.task import RankingTask
-from rsd_env.verifiers.prompts import encode, identifier_token_ids
+from rsd_env.verifiers.prompts import encode, identifier_token_ids, identifiers, truncate
 
 N_CANDIDATES = 20
 
@@ -103,13 +103,15 @@ def with_easy_negatives(tasks: list[RankingTask], fraction: float, seed: int) ->
 
 
 def training_tasks(ir_samples_per_query: int, rec_orders: int, seed: int,
-                   movielens: str | Path | None = None, easy_fraction: float = 0.0) -> list[RankingTask]:
+                   movielens: str | Path | None = None, easy_fraction: float = 0.0,
+                   rec_users: int | None = None) -> list[RankingTask]:
     """DL20 seeded random 20-subsets of each query's BM25 top-100 (never DL19), a fraction with easy
-    negatives from other DL20 queries, + ML-100K train users."""
+    negatives from other DL20 queries, + (the first ``rec_users``) ML-100K train users."""
     tasks = load_tasks("dl20", "all", n=N_CANDIDATES, sampling="random",
                        samples_per_query=ir_samples_per_query, shuffle=True, seed=seed)
     tasks = with_easy_negatives(tasks, easy_fraction, seed)
-    rec = load_tasks("ml-100k", split="train", n=N_CANDIDATES, history=10, seed=0, path=movielens)
+    rec = load_tasks("ml-100k", split="train", n=N_CANDIDATES, history=10, seed=0, path=movielens,
+                     max_tasks=rec_users)
     tasks += [reorder(t, seed * 1000 + k, f"#o{k}") for t in rec for k in range(rec_orders)]
     return tasks
 
@@ -121,23 +123,30 @@ def build_examples(
     passage_tokens: Sequence[int],
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """Tokenise every task with the verifier's own prompt code, each with a random passage budget."""
-    rng = np.random.default_rng(seed)
-    # one big length-sorted encode call is several times faster than 20 texts at a time
-    teacher.embed([c.text for t in tasks for c in t.candidates] + [t.query for t in tasks if t.query]
-                  + [h for t in tasks for h in t.history])
-    flat: list[int] = []
-    offsets, perms, budgets, domains = [0], [], [], []
+    """Tokenise every task with the verifier's own prompt code, each with a random passage budget.
+
+    The teacher scores the passage text *as shown* (cut to the budget): the student cannot be asked to
+    know what it is not shown.
+    """
     from tqdm import tqdm
 
-    for task in tqdm(tasks, desc="tokenise", mininterval=5):
-        budget = int(rng.choice(passage_tokens))
+    rng = np.random.default_rng(seed)
+    budgets = [int(rng.choice(passage_tokens)) for _ in tasks]
+    shown = [dataclasses.replace(t, candidates=tuple(dataclasses.replace(c, text=truncate(c.text, tokenizer, b))
+                                                     for c in t.candidates)) if t.domain == "ir" else t
+             for t, b in zip(tqdm(tasks, desc="truncate", mininterval=5), budgets)]
+    # one big length-sorted encode call is several times faster than 20 texts at a time
+    teacher.embed([c.text for t in shown for c in t.candidates] + [t.query for t in shown if t.query]
+                  + [h for t in shown for h in t.history])
+    flat: list[int] = []
+    offsets, perms, domains = [0], [], []
+    for task, view, budget in zip(tqdm(tasks, desc="tokenise", mininterval=5), shown, budgets):
         head, body = encode(task, tokenizer, budget)
         flat += head + body
         offsets.append(len(flat))
-        perms.append(teacher.order(task))
-        budgets.append(budget)
+        perms.append(teacher.order(view))
         domains.append(0 if task.domain == "ir" else 1)
+    tags = [tokenizer.convert_tokens_to_ids(x) for x in identifiers(N_CANDIDATES)]
     return {
         "tokens": np.asarray(flat, dtype=np.int32),
         "offsets": np.asarray(offsets, dtype=np.int64),
@@ -145,14 +154,18 @@ def build_examples(
         "budgets": np.asarray(budgets, dtype=np.int16),
         "domains": np.asarray(domains, dtype=np.int8),
         "ident_ids": np.asarray(identifier_token_ids(tokenizer, N_CANDIDATES), dtype=np.int64),
+        # the closing tag " [X]" of each candidate: (' [', 'X', ']') - where the pointwise loss reads
+        "tag_ids": np.asarray([tokenizer.convert_tokens_to_ids("▁["), *tags,
+                               tokenizer.convert_tokens_to_ids("]")], dtype=np.int64),
     }
 
 
 def prepare(path: Path, tokenizer: Any, ir_samples_per_query: int, rec_orders: int,
             passage_tokens: Sequence[int], seed: int, teacher: MiniLMTeacher | None = None,
-            movielens: str | Path | None = None, easy_fraction: float = 0.0) -> Path:
+            movielens: str | Path | None = None, easy_fraction: float = 0.0,
+            rec_users: int | None = None) -> Path:
     """Build the example file once; written to a temp name first so no half file is ever used."""
-    tasks = training_tasks(ir_samples_per_query, rec_orders, seed, movielens, easy_fraction)
+    tasks = training_tasks(ir_samples_per_query, rec_orders, seed, movielens, easy_fraction, rec_users)
     arrays = build_examples(tasks, tokenizer, teacher or MiniLMTeacher(), passage_tokens, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
@@ -171,12 +184,24 @@ class Examples:
             self.perms = data["perms"].astype(np.int64)
             self.domains = data["domains"]
             self.ident_ids = data["ident_ids"]
+            self.tag_ids = data["tag_ids"]
 
     def __len__(self) -> int:
         return len(self.perms)
 
     def prompt(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def closing_tags(self, i: int) -> np.ndarray:
+        """Positions of the N closing-tag letters (' [', 'X', ']') in prompt ``i``, in identifier order;
+        empty if the passage text itself produced an extra or broken tag."""
+        ids = self.prompt(i)
+        open_, letters, close = self.tag_ids[0], self.tag_ids[1:-1], self.tag_ids[-1]
+        hits = np.flatnonzero((ids[:-2] == open_) & (ids[2:] == close) & np.isin(ids[1:-1], letters)) + 1
+        hits = hits[-len(letters):]  # the instruction's "from [A] to ..." comes first
+        if len(hits) != len(letters) or not np.array_equal(ids[hits], letters):
+            return np.empty(0, dtype=np.int64)
+        return hits
 
     def sequence(self, i: int) -> np.ndarray:
         """Prompt + the teacher permutation's answer ids (what the model is trained on)."""

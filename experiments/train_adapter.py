@@ -4,16 +4,17 @@ One command, resumable::
 
     python -m experiments.train_adapter --config experiments/configs/adapter.yaml [--device cuda]
 
-Step 1 (once; ``--teacher-device cuda`` makes it ~40 s, on a busy 2-core CPU it is ~30 min) builds
-``examples.npz`` from DL20 (a share with easy negatives) and ML-100K train users with the verifier's own
-prompt code (``rsd_env.verifiers.prompts``). Step 2 trains: for the N identifier logits at the N answer
-slots (teacher permutation fed as the answer), loss = Plackett-Luce NLL of the teacher order (the LM loss
-restricted to identifiers, each slot over the not-yet-used items - exactly what constrained AR decoding
-reads) + ``rank_weight`` x FIRST's weighted RankNet on the first slot (the single-token ranking).
-Checkpoints every ``ckpt_every`` optimizer steps; rerunning the command resumes.
+Step 1 (once, ~100 s on 2 CPU cores) builds ``examples.npz`` from DL20 (half with easy negatives) and
+ML-100K train users with the verifier's own prompt code (``rsd_env.verifiers.prompts``); the MiniLM
+teacher scores each passage as shown (cut to the prompt's token budget). Step 2 trains: for the N
+identifier logits at the N answer slots (teacher permutation fed as the answer), loss = Plackett-Luce NLL
+of the teacher order (the LM loss restricted to identifiers, each slot over the not-yet-used items -
+exactly what constrained AR decoding reads) + ``rank_weight`` x FIRST's weighted RankNet on the first slot
+(the single-token ranking) + ``probe_weight`` x a pointwise loss at each passage's closing tag (see
+``probe_loss``). Checkpoints every ``ckpt_every`` optimizer steps; rerunning the command resumes.
 
-Status (issue 7): no run so far has learned content - the losses sit at their uniform values and the AR
-ranking becomes one fixed identifier order for every task; nothing is shipped until ``eval_adapter`` passes.
+Without the closing tag and the probe loss (earlier GPU runs) the answer losses sat at their uniform
+values; with them, the answer slots start to follow content after ~80 steps (see the model card).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--easy-fraction", type=float, default=0.5,
                    help="share of IR tasks with 5-15 passages of other DL20 queries (easy negatives)")
     p.add_argument("--rec-orders", type=int, default=2, help="presentation orders per ML-100K train user")
+    p.add_argument("--rec-users", type=int, default=None, help="first K ML-100K train users (default: all)")
     p.add_argument("--passage-tokens", type=int, nargs="+", default=[40, 48, 64, 80])
     p.add_argument("--work-dir", type=Path, default=Path(".cache_adapter/run"), help="checkpoints, logs")
     p.add_argument("--out", type=Path, default=Path("rsd_env/verifiers/adapters/gemma3-270m-rank-lora"))
@@ -63,8 +65,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=int, default=16)
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--targets", nargs="+", default=LORA_TARGETS, help="module names that get LoRA")
+    p.add_argument("--first-layer", type=int, default=0,
+                   help="LoRA only on layers >= this one (backward stops there: cheaper on CPU)")
+    p.add_argument("--probe-layer", type=int, default=12,
+                   help="hidden state (after this many layers) that the pointwise probe reads")
+    p.add_argument("--probe-weight", type=float, default=1.0,
+                   help="weight of the pointwise loss at each passage's closing tag (0 turns it off)")
     p.add_argument("--rank-weight", type=float, default=1.0, help="weight of the first-slot RankNet loss")
     p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the adapter and probe of this checkpoint.pt (a second stage, fresh optimizer)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="checkpoint and save the adapter after this long; rerun to resume")
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.set_defaults(**yaml.safe_load(args.config.read_text()))
         args = p.parse_args(argv)
     return args
+
+
+def plackett_luce_nll(scores: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Mean per-position Plackett-Luce NLL of ``perm`` [B, N] (best first) under one score vector [B, N]."""
+    ordered = scores.float().gather(1, perm)
+    tails = torch.logcumsumexp(ordered.flip(1), dim=1).flip(1)  # logsumexp over the not-yet-placed items
+    return (tails - ordered).mean()
 
 
 def ranking_losses(scores: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,17 +115,42 @@ def ranking_losses(scores: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tens
 
 
 def identifier_scores(model: Any, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor,
-                      ident_ids: torch.Tensor, n: int) -> torch.Tensor:
+                      ident_ids: torch.Tensor, n: int, probe_layer: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits of the N identifiers at the N answer slots: final hidden state x the identifier rows of
     ``lm_head`` (exact here - Gemma 3 has no final logit soft-capping - and 13000x cheaper than the
-    full vocabulary)."""
+    full vocabulary); plus the hidden states after ``probe_layer`` layers when asked."""
     base = model.get_base_model()
-    hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    out = base.model(input_ids=ids, attention_mask=mask, output_hidden_states=probe_layer is not None)
+    hidden = out.last_hidden_state
     pos = starts.unsqueeze(1) - 1 + torch.arange(n, device=ids.device)
     picked = hidden.gather(1, pos.unsqueeze(2).expand(-1, -1, hidden.shape[-1]))
     # fp32: identifier logits differ by far less than bf16's resolution at their magnitude (~0.1 at 20)
     with torch.autocast(ids.device.type, enabled=False):
-        return picked.float() @ base.lm_head.weight[ident_ids].float().T
+        scores = picked.float() @ base.lm_head.weight[ident_ids].float().T
+    return scores, (out.hidden_states[probe_layer] if probe_layer is not None else None)
+
+
+def make_probe(width: int) -> torch.nn.Module:
+    """Norm (Gemma's residual stream runs to the hundreds) + a zero-initialised linear score: starts at
+    the uniform loss instead of swamping the gradient."""
+    linear = torch.nn.Linear(width, 1)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    return torch.nn.Sequential(torch.nn.LayerNorm(width, elementwise_affine=False), linear)
+
+
+def probe_loss(probe: torch.nn.Module, hidden: torch.Tensor, tags: torch.Tensor, perm: torch.Tensor,
+               ) -> torch.Tensor:
+    """Pointwise-to-listwise auxiliary loss: a linear probe on each passage's closing tag must rank the
+    passages like the teacher. Why: the listwise answer loss alone gives the small model one weak signal
+    per slot and it settles on uniform scores; this makes every closing tag carry its passage's relevance,
+    which the answer slots then only have to copy. The probe is discarded after training."""
+    keep = (tags >= 0).all(1)
+    if not keep.any():
+        return hidden.new_zeros(())
+    at = hidden[keep].gather(1, tags[keep].unsqueeze(2).expand(-1, -1, hidden.shape[-1]))
+    return plackett_luce_nll(probe(at.float()).squeeze(-1), perm[keep])
 
 
 def micro_batches(data: Examples, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -124,7 +166,8 @@ def micro_batches(data: Examples, size: int, rng: np.random.Generator) -> list[n
 
 
 def collate(data: Examples, idx: np.ndarray, pad_id: int, device: torch.device):
-    """Right-padded (ids, mask, answer starts, teacher perms) for one micro-batch."""
+    """Right-padded (ids, mask, answer starts, teacher perms, closing-tag positions or -1) for one
+    micro-batch."""
     seqs = [data.sequence(i)[:-1] for i in idx]  # the last answer token is never an input
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
@@ -132,7 +175,9 @@ def collate(data: Examples, idx: np.ndarray, pad_id: int, device: torch.device):
     for r, s in enumerate(seqs):
         ids[r, : len(s)], mask[r, : len(s)] = s, 1
     starts = np.diff(data.offsets)[idx]
-    tensors = (ids, mask, starts, data.perms[idx])
+    n = data.perms.shape[1]
+    tags = np.stack([t if len(t) == n else np.full(n, -1) for t in map(data.closing_tags, idx)])
+    tensors = (ids, mask, starts, data.perms[idx], tags)
     return tuple(torch.as_tensor(t, device=device) for t in tensors)
 
 
@@ -176,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         prepare(args.data, AutoTokenizer.from_pretrained(model_path), args.ir_samples_per_query,
                 args.rec_orders, args.passage_tokens, args.seed,
-                MiniLMTeacher(args.teacher, args.teacher_device), args.movielens, args.easy_fraction)
+                MiniLMTeacher(args.teacher, args.teacher_device), args.movielens, args.easy_fraction,
+                args.rec_users)
         print(f"built {args.data} in {time.time() - t0:.0f} s", flush=True)
     if args.prepare_only:
         return
@@ -185,10 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     data = Examples(args.data)
     n = data.perms.shape[1]
-    model = get_peft_model(load_base(model_path, device), LoraConfig(
+    base = load_base(model_path, device)
+    layers = list(range(args.first_layer, base.config.num_hidden_layers))
+    model = get_peft_model(base, LoraConfig(
         r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(args.targets),
-        task_type="CAUSAL_LM"))
-    params = [p for p in model.parameters() if p.requires_grad]
+        layers_to_transform=layers, task_type="CAUSAL_LM"))
+    probe = make_probe(base.config.hidden_size).to(device)
+    params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     per_epoch = math.ceil(len(data) / args.micro_batch)
     total = args.max_steps or max(1, int(per_epoch * args.epochs) // args.accum)
@@ -197,9 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     plan = [b for _ in range(math.ceil(args.epochs) + 1) for b in micro_batches(data, args.micro_batch, rng)]
     ckpt, step, elapsed = args.work_dir / "checkpoint.pt", 0, 0.0
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.init_from is not None and not ckpt.exists():
+        state = torch.load(args.init_from, map_location=device, weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        probe.load_state_dict(state["probe"])
+        print(f"initialised from {args.init_from} (step {state['step']} of that run)", flush=True)
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
+        probe.load_state_dict(state["probe"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, elapsed = state["step"], state["elapsed"]
@@ -212,30 +267,32 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(total=total, initial=step, desc="adapter", dynamic_ncols=True)
     t0 = time.time() - elapsed
     while step < total:
-        sums = np.zeros(3)
+        sums = np.zeros(4)
+        probe_at = args.probe_layer if args.probe_weight > 0 else None
         for k in range(args.accum):
-            ids, mask, starts, perm = collate(data, plan[step * args.accum + k], pad_id, device)
+            ids, mask, starts, perm, tags = collate(data, plan[step * args.accum + k], pad_id, device)
             with autocast:
-                scores = identifier_scores(model, ids, mask, starts, ident, n)
+                scores, hidden = identifier_scores(model, ids, mask, starts, ident, n, probe_at)
             pl, ranknet = ranking_losses(scores, perm)
-            loss = pl + args.rank_weight * ranknet
+            aux = probe_loss(probe, hidden, tags, perm) if hidden is not None else scores.new_zeros(())
+            loss = pl + args.rank_weight * ranknet + args.probe_weight * aux
             (loss / args.accum).backward()
             top1 = (scores[:, 0].argmax(-1) == perm[:, 0]).float().mean()
-            sums += [pl.item(), ranknet.item(), top1.item()]
+            sums += [pl.item(), ranknet.item(), top1.item(), aux.item()]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        pl_m, rn_m, top1_m = sums / args.accum
+        pl_m, rn_m, top1_m, aux_m = sums / args.accum
         bar.update(1)
-        bar.set_postfix(pl=f"{pl_m:.3f}", ranknet=f"{rn_m:.3f}", top1=f"{top1_m:.2f}")
+        bar.set_postfix(pl=f"{pl_m:.3f}", ranknet=f"{rn_m:.3f}", top1=f"{top1_m:.2f}", probe=f"{aux_m:.3f}")
         if run is not None:
-            run.log({"loss/pl": pl_m, "loss/ranknet": rn_m, "train/top1": top1_m,
+            run.log({"loss/pl": pl_m, "loss/ranknet": rn_m, "train/top1": top1_m, "loss/probe": aux_m,
                      "lr": sched.get_last_lr()[0]}, step=step)
         out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
         if step % args.ckpt_every == 0 or step == total or out_of_time:
-            _checkpoint(ckpt, model, opt, sched, step, time.time() - t0)
+            _checkpoint(ckpt, model, probe, opt, sched, step, time.time() - t0)
         if out_of_time:
             print(f"time limit: stopping at step {step}/{total}; rerun to resume", flush=True)
             break
@@ -250,11 +307,12 @@ def main(argv: list[str] | None = None) -> None:
         run.finish()
 
 
-def _checkpoint(path: Path, model: Any, opt: Any, sched: Any, step: int, elapsed: float) -> None:
+def _checkpoint(path: Path, model: Any, probe: torch.nn.Module, opt: Any, sched: Any, step: int,
+                elapsed: float) -> None:
     from peft import get_peft_model_state_dict
 
     tmp = path.with_suffix(".tmp")
-    torch.save({"adapter": get_peft_model_state_dict(model), "opt": opt.state_dict(),
+    torch.save({"adapter": get_peft_model_state_dict(model), "probe": probe.state_dict(), "opt": opt.state_dict(),
                 "sched": sched.state_dict(), "step": step, "elapsed": elapsed}, tmp)
     tmp.replace(path)
 

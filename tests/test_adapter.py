@@ -2,7 +2,7 @@
 
 The bundled base model copies the presentation order (tau ~ 0.98 with the order shown, ~ -1 between a
 ranking and the ranking of the reversed list); the adapter must not. Three DL19 tasks, two seeded
-presentation orders each, 48-token passages: about a minute on 2 CPU cores.
+presentation orders each, the verifier's default passage budget: about a minute on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from experiments.adapter_data import reorder
 from experiments.eval_adapter import SHIPPED_ADAPTER, Ranker, tau_with_order
 from rsd_env.data import load_tasks
 from rsd_env.verifiers.model_store import BUNDLED_MODEL
+from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS
 
 pytestmark = [
     pytest.mark.llm,
@@ -33,7 +34,7 @@ def test_shipped_adapter_files_point_at_the_bundled_base():
 
 
 def test_adapter_ranks_by_content_not_position():
-    ranker = Ranker(adapter=SHIPPED_ADAPTER, passage_tokens=48)
+    ranker = Ranker(adapter=SHIPPED_ADAPTER, passage_tokens=DEFAULT_PASSAGE_TOKENS)
     to_presentation, across_orders = [], []
     for k, task in enumerate(load_tasks("dl19", "all", n=20, max_tasks=3)):
         rankings = []

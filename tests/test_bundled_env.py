@@ -14,13 +14,10 @@ def test_default_env_runs_the_bundled_llm_on_dl19_and_passes_check_env():
     from gymnasium.utils.env_checker import check_env
 
     config = {"max_tasks": 2, "verifier_kwargs": {"passage_tokens": 16, "target_cache": False}}
-    if (bundled_adapter_dir() / "adapter_config.json").exists():
-        env = gym.make("RSDRank-v0", config=config)
-    else:  # until the adapter ships, 'bundled' says that it runs the raw base model
-        with pytest.warns(UserWarning, match="adapter .* is not shipped"):
-            env = gym.make("RSDRank-v0", config=config)
+    env = gym.make("RSDRank-v0", config=config)
     base = env.unwrapped
     assert isinstance(base.verifier, HFVerifier) and base.verifier.model_name == "bundled:gemma-3-270m"
+    assert base.verifier.adapter == str(bundled_adapter_dir())  # base + the shipped ranking LoRA
     assert base.config["dataset"] == "trec-dl" and base.config["split"] == "test"
     assert base.tasks[0].task_id == "264014"  # the first DL19 query
     check_env(base)
@@ -30,3 +27,16 @@ def test_default_env_runs_the_bundled_llm_on_dl19_and_passes_check_env():
     np.testing.assert_array_equal(base.committed_ranking()[: info["verified_prefix"]],
                                   target[: info["verified_prefix"]])
     assert info["verified_prefix"] >= 1
+
+
+def test_bundled_without_its_adapter_warns_and_runs_the_base_model(monkeypatch, tmp_path):
+    """A broken install (adapter files missing) must not silently change the target model."""
+    from rsd_env import verifiers
+    from rsd_env.verifiers import hf
+
+    seen = {}
+    monkeypatch.setattr(hf, "bundled_adapter_dir", lambda: tmp_path)
+    monkeypatch.setattr(hf, "HFVerifier", lambda **kwargs: seen.update(kwargs) or "verifier")
+    with pytest.warns(UserWarning, match="adapter for the bundled model is missing from this install"):
+        assert verifiers._load("bundled", {"passage_tokens": 16}) == "verifier"
+    assert seen == {"passage_tokens": 16, "adapter": None}

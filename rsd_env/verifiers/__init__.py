@@ -44,8 +44,9 @@ def _load(spec: str, kwargs: dict[str, Any]) -> Verifier:
 
         if "adapter" not in kwargs and not (bundled_adapter_dir() / "adapter_config.json").exists():
             warnings.warn(
-                "the listwise LoRA adapter for the bundled model is not shipped yet (issue 7), so 'bundled' "
-                "runs the raw base Gemma 3 270M, which mostly copies the presentation order; pass "
+                f"the listwise LoRA adapter for the bundled model is missing from this install "
+                f"({bundled_adapter_dir()}), so 'bundled' runs the raw base Gemma 3 270M, which mostly copies "
+                "the presentation order; reinstall rsd (pip install -e .) or pass "
                 "verifier_kwargs={'adapter': '<peft folder>'} to use your own adapter",
                 UserWarning,
                 stacklevel=3,

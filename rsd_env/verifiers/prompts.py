@@ -17,9 +17,9 @@ import yaml
 from rsd_env.data.task import RankingTask
 
 IDENTIFIERS = string.ascii_uppercase  # up to 26 candidates
-# tokens kept per passage: the smallest budget whose target matched the 128-token one in
-# experiments/bench_verifier.py's table (see README)
-DEFAULT_PASSAGE_TOKENS = 64
+# tokens kept per passage: 20 keeps a 20-passage prompt near Gemma 3's 512-token sliding window (~640
+# tokens), so the ranking adapter could be trained on CPU and every prefill stays cheap (see the model card)
+DEFAULT_PASSAGE_TOKENS = 20
 
 
 @dataclass(frozen=True)
