@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from agents.plackett_luce import log_prob
 from experiments.adapter_data import Examples, prepare
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
@@ -84,13 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.set_defaults(**yaml.safe_load(args.config.read_text()))
         args = p.parse_args(argv)
     return args
-
-
-def plackett_luce_nll(scores: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Mean per-position Plackett-Luce NLL of ``perm`` [B, N] (best first) under one score vector [B, N]."""
-    ordered = scores.float().gather(1, perm)
-    tails = torch.logcumsumexp(ordered.flip(1), dim=1).flip(1)  # logsumexp over the not-yet-placed items
-    return (tails - ordered).mean()
 
 
 def ranking_losses(scores: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +144,9 @@ def probe_loss(probe: torch.nn.Module, hidden: torch.Tensor, tags: torch.Tensor,
     if not keep.any():
         return hidden.new_zeros(())
     at = hidden[keep].gather(1, tags[keep].unsqueeze(2).expand(-1, -1, hidden.shape[-1]))
-    return plackett_luce_nll(probe(at.float()).squeeze(-1), perm[keep])
+    scores, order = probe(at.float()).squeeze(-1), perm[keep]
+    # per-position mean, on the same scale as the answer-slot PL loss
+    return -log_prob(scores, order, torch.ones_like(order, dtype=torch.bool)).mean() / order.shape[1]
 
 
 def micro_batches(data: Examples, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -246,15 +242,17 @@ def main(argv: list[str] | None = None) -> None:
     plan = [b for _ in range(math.ceil(args.epochs) + 1) for b in micro_batches(data, args.micro_batch, rng)]
     ckpt, step, elapsed = args.work_dir / "checkpoint.pt", 0, 0.0
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    if args.init_from is not None and not ckpt.exists():
-        state = torch.load(args.init_from, map_location=device, weights_only=False)
+    def load_weights(path: Path) -> dict:
+        state = torch.load(path, map_location=device, weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
         probe.load_state_dict(state["probe"])
+        return state
+
+    if args.init_from is not None and not ckpt.exists():
+        state = load_weights(args.init_from)
         print(f"initialised from {args.init_from} (step {state['step']} of that run)", flush=True)
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        set_peft_model_state_dict(model, state["adapter"])
-        probe.load_state_dict(state["probe"])
+        state = load_weights(ckpt)
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, elapsed = state["step"], state["elapsed"]
@@ -266,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     bar = tqdm(total=total, initial=step, desc="adapter", dynamic_ncols=True)
     t0 = time.time() - elapsed
+    probe_at = args.probe_layer if args.probe_weight > 0 else None
     while step < total:
         sums = np.zeros(4)
-        probe_at = args.probe_layer if args.probe_weight > 0 else None
         for k in range(args.accum):
             ids, mask, starts, perm, tags = collate(data, plan[step * args.accum + k], pad_id, device)
             with autocast:
