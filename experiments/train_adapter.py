@@ -227,6 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     data = Examples(args.data)
     n = data.perms.shape[1]
+    untagged = sum(len(data.closing_tags(i)) != n for i in range(len(data)))
+    if args.probe_weight > 0 and untagged == len(data):
+        raise SystemExit(f"no example in {args.data} has the {n} closing tags ' [A]' .. ' [{chr(64 + n)}]' that "
+                         "the probe loss reads: the prompt template changed since the file was built; delete "
+                         "it to rebuild, or pass --probe-weight 0")
+    if untagged:
+        print(f"{untagged} of {len(data)} examples have a broken closing tag (a passage quotes one): "
+              "no probe loss on those", flush=True)
     base = load_base(model_path, device)
     layers = list(range(args.first_layer, base.config.num_hidden_layers))
     model = get_peft_model(base, LoraConfig(

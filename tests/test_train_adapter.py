@@ -31,16 +31,18 @@ def test_slot_k_ignores_the_items_the_teacher_already_placed():
     assert ranking_losses(tampered, perm)[0].item() > ranking_losses(scores, perm)[0].item() + 1.0
 
 
+def _scores_along(perm: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Every slot scores the teacher's k-th item with ``values[k]``."""
+    scores = torch.zeros(len(perm), N, N)
+    scores.scatter_(2, perm.unsqueeze(1).expand(-1, N, -1), values.expand(len(perm), N, N))
+    return scores
+
+
 def test_teacher_order_scores_beat_reversed_ones():
     perm = torch.tensor([[2, 0, 3, 1], [1, 3, 0, 2]])
-    good = torch.zeros(2, N, N)
-    for b in range(2):
-        good[b, :, perm[b]] = torch.arange(N, 0, -1, dtype=torch.float) * 5  # teacher order, every slot
-    bad = torch.zeros(2, N, N)
-    for b in range(2):
-        bad[b, :, perm[b]] = torch.arange(1, N + 1, dtype=torch.float) * 5
-    pl_good, rn_good = ranking_losses(good, perm)
-    pl_bad, rn_bad = ranking_losses(bad, perm)
+    descending = torch.arange(N, 0, -1, dtype=torch.float) * 5
+    pl_good, rn_good = ranking_losses(_scores_along(perm, descending), perm)
+    pl_bad, rn_bad = ranking_losses(_scores_along(perm, descending.flip(0)), perm)
     assert pl_good.item() < 0.01 < UNIFORM_PL < pl_bad.item()
     assert rn_good.item() < 0.01 < math.log(2) < rn_bad.item()
 
@@ -78,15 +80,27 @@ def _prompt(extra_tag_in_last_passage: bool = False) -> list[int]:
     return ids + [9]
 
 
+def _write(path, prompts: list[list[int]]):
+    np.savez(path, tokens=np.concatenate(prompts).astype(np.int32),
+             offsets=np.cumsum([0] + [len(p) for p in prompts]),
+             perms=np.array([[2, 0, 3, 1], [0, 1, 2, 3], [3, 2, 1, 0]][: len(prompts)], dtype=np.int8),
+             domains=np.zeros(len(prompts), dtype=np.int8), ident_ids=np.array(IDENT),
+             tag_ids=np.array([OPEN, *LETTERS, CLOSE]))
+    return path
+
+
 @pytest.fixture
 def examples(tmp_path):
     prompts = [_prompt(), _prompt(extra_tag_in_last_passage=True), _prompt()[:-3] + [9]]
-    np.savez(tmp_path / "ex.npz", tokens=np.concatenate(prompts).astype(np.int32),
-             offsets=np.cumsum([0] + [len(p) for p in prompts]),
-             perms=np.array([[2, 0, 3, 1], [0, 1, 2, 3], [3, 2, 1, 0]], dtype=np.int8),
-             domains=np.array([0, 0, 1], dtype=np.int8), ident_ids=np.array(IDENT),
-             tag_ids=np.array([OPEN, *LETTERS, CLOSE]))
-    return Examples(tmp_path / "ex.npz")
+    return Examples(_write(tmp_path / "ex.npz", prompts))
+
+
+def test_training_refuses_a_file_where_no_prompt_has_the_closing_tags(tmp_path):
+    from experiments.train_adapter import main
+
+    stale = _write(tmp_path / "stale.npz", [_prompt(extra_tag_in_last_passage=True), _prompt()[:-3] + [9]])
+    with pytest.raises(SystemExit, match="closing tags .* delete it to rebuild, or pass --probe-weight 0"):
+        main(["--data", str(stale), "--model", str(tmp_path / "unused"), "--wandb", "disabled"])
 
 
 def test_closing_tags_are_found_in_identifier_order_and_broken_prompts_are_flagged(examples):
