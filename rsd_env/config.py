@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -29,6 +30,13 @@ SIM_CONFIG: dict[str, Any] = {"dataset": "synthetic", "split": "train", "verifie
 REWARDS = ("spearman", "kendall")
 
 
+def _integer(value: Any, key: str, minimum: int, meaning: str) -> int:
+    """``value`` as a plain int (NumPy integers included), or a ValueError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum} ({meaning}), got {value!r}")
+    return int(value)
+
+
 def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults updated with ``overrides``; unknown keys and bad values are errors, not ignored."""
     config = dict(DEFAULT_CONFIG)
@@ -37,11 +45,10 @@ def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(config)}")
     config.update(overrides)
-    budget = config["budget"]
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be an integer >= 1 (verification rounds), got {budget!r}")
-    if not isinstance(config["n"], int) or config["n"] < 2:
-        raise ValueError(f"n must be an integer >= 2, got {config['n']!r}")
+    config["budget"] = _integer(config["budget"], "budget", 1, "verification rounds")
+    config["n"] = _integer(config["n"], "n", 2, "candidates per task")
+    if config["max_tasks"] is not None:
+        config["max_tasks"] = _integer(config["max_tasks"], "max_tasks", 1, "or None for all tasks")
     if config["reward"] not in REWARDS:
         raise ValueError(f"unknown reward {config['reward']!r}; choose one of {REWARDS}")
     if config["task_order"] not in ("random", "cycle"):
