@@ -165,24 +165,24 @@ class Prefill:
     """What a task's prompt prefill costs; every method is charged it exactly once per ranking."""
 
     ms: float
-    passes: int
     tokens: int
 
     def charge(self, result: Any, cost: Any) -> tuple[float, int, int]:
-        """(latency ms, passes, tokens) of a method's result: its own cost without any prefill it
-        triggered itself (none when the verifier kept the prompt KV), plus this prefill once."""
+        """(latency ms, passes, tokens) of a method's result: its own time and tokens without any prefill
+        it triggered itself (none when the verifier kept the prompt KV), plus this prefill once. Passes
+        need no correction: they follow the protocol's definition (``rsd_env.verifiers.base``), which
+        already counts one prefill whatever the caches held."""
         inside = cost.calls.get("prefill", 0)
         ms = float(result.wall_ms) - 1000.0 * cost.seconds.get("prefill", 0.0) + self.ms
-        passes = int(result.llm_passes) - inside + self.passes
         tokens = int(result.tokens) - inside * self.tokens + self.tokens
-        return ms, passes, tokens
+        return ms, int(result.llm_passes), tokens
 
 
 def measure_prefill(verifier: Any, task: Any) -> Prefill:
     before = verifier.stats.snapshot()
     verifier.first_token_scores(task)
     d = verifier.stats.since(before)
-    return Prefill(1000.0 * sum(d.seconds.values()), d.forward_passes, d.tokens)
+    return Prefill(1000.0 * sum(d.seconds.values()), d.tokens)
 
 
 def run_dataset(envs: dict[int, RSDRankEnv], entries: Sequence[MethodEntry], dataset: str,
