@@ -37,7 +37,8 @@ def test_outputs_and_cells(run):
     cfg, results = run
     out = Path(cfg.output)
     for name in ("results.json", "results.csv", "table.md", "dl19_budget.png", "dl19_pareto.png",
-                 "dl19_improvement.png", "ml-100k_budget.png", "ml-100k_pareto.png", "runs/dl19/ar.trec", "runs/dl19/sd.T2.trec"):
+                 "dl19_improvement.png", "ml-100k_budget.png", "ml-100k_pareto.png", "runs/dl19/ar.trec",
+                 "runs/dl19/sd.T2.trec"):
         assert (out / name).is_file(), name
     assert not list(out.rglob("*.tmp"))
     cells = {(c["dataset"], c["method"], c["budget"]): c for c in results["cells"]}
