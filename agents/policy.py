@@ -2,9 +2,10 @@
 
 One token per item, built from everything the LLM said about it: its first-token score, its column in
 every verified row of every round (absolute positions, and relative to the first free position), its
-position in past proposals, locked flag, committed position and the round. Self-attention over items
-(no positional encoding) makes the scores equivariant to the presentation order. Rounds are pooled
-with shared weights plus a recency embedding, so one network serves any budget T.
+position in past proposals, locked flag, committed position, the round, the episode's budget T and
+whether this step is the commit step. Self-attention over items (no positional encoding) makes the
+scores equivariant to the presentation order. The verified rounds (the observation's ``round_mask``)
+are encoded with shared weights plus a recency embedding and averaged, so one network serves any T.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ItemTransformer(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.n = n_items
         self.max_rounds = max_rounds
-        self.static = nn.Linear(9, d_model)
+        self.static = nn.Linear(11, d_model)
         self.round_in = nn.Linear(6 * n_items + 3, d_model)
         self.recency = nn.Embedding(max_rounds, d_model)
         self.round_mlp = nn.Sequential(nn.GELU(), nn.Linear(d_model, d_model))
@@ -52,14 +53,17 @@ class ItemTransformer(nn.Module):
         valid = obs["valid"].float() > 0.5
         locked = obs["locked"].float()
         done = obs["round"].float().reshape(b, 1)
+        budget = obs["budget"].float().reshape(b, 1).clamp(min=1.0)  # this episode's T
+        commit = obs["commit"].float().reshape(b, 1)
         free = locked.sum(1).long()  # first free position (verified prefix length)
         # item-level features
         rank_first = torch.argsort(torch.argsort(torch.where(valid, -first, -NEG), dim=1), dim=1).float() / n
-        left = t - done
-        static = torch.stack([
-            first / LOGP_SCALE, first.exp(), rank_first, locked, obs["committed"].float() / n,
-            done.expand(b, n) / max(t, 1), (left == 1).float().expand(b, n), free[:, None].expand(b, n) / n,
-            valid.float()], dim=-1)
+        last_verification = ((budget - done) == 1).float() * (1 - commit)
+        per_task = torch.cat([done / budget, last_verification, commit, free[:, None] / n, 1.0 / budget], dim=1)
+        static = torch.cat([
+            torch.stack([first / LOGP_SCALE, first.exp(), rank_first, locked, obs["committed"].float() / n,
+                         valid.float()], dim=-1),
+            per_task[:, None, :].expand(b, n, per_task.shape[1])], dim=-1)
         h = self.static(static)
         if t:
             h = h + self._rounds(obs, b, n, t, done, free)
@@ -84,10 +88,11 @@ class ItemTransformer(nn.Module):
                            (prop / n)[..., None], (own / LOGP_SCALE)[..., None],
                            ((prop - free[:, None, None]) / n)[..., None]], dim=-1)  # (B, T, N, F)
         rounds = torch.arange(t, device=cols.device)
-        taken = rounds[None, :] < done  # (B, T)
+        taken = obs["round_mask"].float().reshape(b, t)  # 1 = verified round (others hold a neutral fill)
         recency = (done - 1 - rounds[None, :]).clamp(0, self.max_rounds - 1).long()
         z = self.round_mlp(self.round_in(feats) + self.recency(recency)[:, :, None, :])
-        return (z * taken[:, :, None, None].float()).sum(1)
+        # mean over the verified rounds (a sum would grow with T and put larger budgets out of distribution)
+        return (z * taken[:, :, None, None]).sum(1) / taken.sum(1).clamp(min=1.0)[:, None, None]
 
 
 class ItemTransformerExtractor(BaseFeaturesExtractor):

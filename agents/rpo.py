@@ -177,7 +177,10 @@ class RPO(BaseAlgorithm):
         n_tasks = venv.num_envs // width
         tasks = venv.raw[0].tasks
         picks = self._rng.integers(len(tasks), size=n_tasks)
-        obs = venv.reset_to([tasks[p].task_id for p in picks for _ in range(width)])
+        lo, hi = venv.raw[0].budget_range  # one budget per group: its trajectories stay comparable
+        budgets = [lo] * n_tasks if lo == hi else self._rng.integers(lo, hi + 1, size=n_tasks).tolist()
+        obs = venv.reset_to([tasks[p].task_id for p in picks for _ in range(width)],
+                            [t for t in budgets for _ in range(width)])
         k = venv.num_envs
         initial = np.array([venv.reset_infos[i]["agreement"] for i in range(k)])
         final, lengths = np.zeros(k), np.zeros(k, dtype=np.int64)

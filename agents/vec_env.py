@@ -2,6 +2,7 @@
 
 Each vector step splits into the envs' ``propose`` (cheap), one ``verifier.verify_batch`` per distinct
 verifier (one call when the envs share it, as ``RSDVecEnv.from_env`` arranges), and ``apply_verification``.
+Envs in their commit step commit directly: they get no ``verify_batch`` entry (no LLM call).
 Auto-reset follows SB3: a finished env's last observation is in ``info["terminal_observation"]`` and the
 returned observation is the next episode's first. ``info["episode"]`` carries the return and length
 (as ``Monitor`` does), so SB3's rollout statistics work without a wrapper.
@@ -51,7 +52,7 @@ class RSDVecEnv(VecEnv):
             raise TypeError(f"RSDVecEnv batches RSDRankEnv verification; got {bad[0]} (use DummyVecEnv)")
         spaces = {(str(r.observation_space), str(r.action_space)) for r in self.raw}
         if len(spaces) > 1:
-            raise ValueError("all envs of an RSDVecEnv need the same n and budget (same spaces)")
+            raise ValueError("all envs of an RSDVecEnv need the same n and max_budget (same spaces)")
         super().__init__(len(self.envs), self.envs[0].observation_space, self.envs[0].action_space)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(self.num_envs)
@@ -133,13 +134,19 @@ class RSDVecEnv(VecEnv):
         return [env_util.is_wrapped(self.envs[i], wrapper_class) for i in self._get_indices(indices)]
 
     # ---- episode-synchronous use (RPO) ----------------------------------------------------------
-    def reset_to(self, task_ids: Sequence[str]) -> list[dict[str, np.ndarray]]:
-        """Reset env i to task ``task_ids[i]`` (one per env); first observations (infos in ``reset_infos``)."""
+    def reset_to(self, task_ids: Sequence[str], budgets: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
+        """Reset env i to task ``task_ids[i]`` (and budget ``budgets[i]`` when given; else the env draws
+        its own); first observations (infos in ``reset_infos``)."""
         if len(task_ids) != self.num_envs:
             raise ValueError(f"need one task id per env ({self.num_envs}), got {len(task_ids)}")
+        if budgets is not None and len(budgets) != self.num_envs:
+            raise ValueError(f"need one budget per env ({self.num_envs}), got {len(budgets)}")
         obs = []
         for i, (env, tid) in enumerate(zip(self.envs, task_ids)):
-            o, self.reset_infos[i] = env.reset(options={"task_id": tid})
+            options: dict[str, Any] = {"task_id": tid}
+            if budgets is not None:
+                options["budget"] = int(budgets[i])
+            o, self.reset_infos[i] = env.reset(options=options)
             obs.append(o)
         return obs
 
@@ -153,9 +160,18 @@ class RSDVecEnv(VecEnv):
         if actions.shape[0] != len(idx):
             raise ValueError(f"need one action per stepped env ({len(idx)}), got {actions.shape[0]}")
         raws = [self.raw[i] for i in idx]
-        rankings = [raw.propose(a) for raw, a in zip(raws, actions)]
-        verifications = verify_grouped(raws, rankings)
-        return [raw.apply_verification(v) for raw, v in zip(raws, verifications)]
+        out: list[tuple | None] = [None] * len(idx)
+        verifying = []
+        for k, (raw, action) in enumerate(zip(raws, actions)):
+            if raw.in_commit_step:
+                out[k] = raw.commit(action)  # no LLM call
+            else:
+                verifying.append(k)
+        rankings = [raws[k].propose(actions[k]) for k in verifying]
+        verifications = verify_grouped([raws[k] for k in verifying], rankings)
+        for k, v in zip(verifying, verifications):
+            out[k] = raws[k].apply_verification(v)
+        return out  # type: ignore[return-value]
 
     def _stack(self, obs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {k: np.stack([o[k] for o in obs]) for k in obs[0]}

@@ -2,8 +2,9 @@
 
 RSD's committed ranking is a valid output after every round, so any method can be cut short. A
 ``RoundControl`` stands in for the env a method drives: before each verification it decides whether the
-round is worth running, and if not it ends the episode there (``terminated=True``, no LLM call), leaving
-the ranking committed so far as the output.
+round is worth running, and if not it ends verification there (no LLM call): with the env's commit
+step the method's next action commits the final ranking (free), otherwise the episode ends with the
+ranking committed so far as the output.
 
 - *anytime* (``deadline_ms``): skip a round when the time already spent on this ranking (including the
   prompt prefill) plus the expected cost of one more round (the mean of this task's rounds so far, or of
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rsd_env.env import RSDRankEnv
+from rsd_env.verifiers.base import best_unused
 
 ValueFn = Callable[[dict[str, np.ndarray]], float]
 
@@ -37,7 +39,7 @@ def disagreement_gain(env: RSDRankEnv, last_rows: np.ndarray, last_ranking: np.n
     disagree = 0
     for i, item in enumerate(last_ranking):
         if i >= locked:
-            disagree += int(np.argmax(np.where(used, -np.inf, last_rows[i]))) != int(item)
+            disagree += best_unused(last_rows[i], used) != int(item)
         used[item] = True
     remaining = n - locked
     return (disagree / remaining) * (remaining / n)
@@ -109,8 +111,10 @@ class RoundControl:
 
     def step(self, action):
         env = self._env
+        if env.in_commit_step:
+            return env.step(action)  # committing costs no LLM call: never cut
         if not self._worth_another_round():
-            return self._obs, 0.0, True, False, env.episode_summary()
+            return self._stop(0.0, {})
         start = time.perf_counter()
         ranking = env.propose(action)
         verification = env.verifier.verify(env.task, ranking)
@@ -120,7 +124,13 @@ class RoundControl:
         if self.adaptive is not None:
             self._next_gain = (self.value_fn(obs) if self.value_fn is not None
                                else disagreement_gain(env, verification.logprobs, verification.ranking))
-        if not terminated and not self._worth_another_round():
-            terminated = True
-            info = {**info, **env.episode_summary()}
+        if not terminated and not env.in_commit_step and not self._worth_another_round():
+            return self._stop(reward, info)
         return obs, reward, terminated, truncated, info
+
+    def _stop(self, reward: float, info: dict[str, Any]):
+        """End verification: the method's next action commits (no LLM call), or the episode ends here."""
+        if self._env.end_verification():
+            self._obs = self._env.observation()
+            return self._obs, reward, False, False, info
+        return self._obs, reward, True, False, {**info, **self._env.episode_summary()}

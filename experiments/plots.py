@@ -1,4 +1,5 @@
-"""The two evaluation figures per dataset: agreement vs budget T, and agreement vs latency (Pareto)."""
+"""The evaluation figures per dataset: agreement vs budget T, agreement vs latency (Pareto), and the
+paper's summary: mean relative improvement over the best of STD and SD per method and T."""
 
 from __future__ import annotations
 
@@ -93,5 +94,30 @@ def pareto(cells: Sequence[dict[str, Any]], dataset: str, labels: Sequence[str],
     ax.set_title(f"{dataset}: agreement vs wall time (+ {sum(prefill) / max(len(prefill), 1):.0f} ms "
                  "prefill for every method)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, path)
+
+
+def relative_improvement(cells: Sequence[dict[str, Any]], dataset: str, labels: Sequence[str],
+                         path: str | Path) -> Path:
+    """Bars: mean relative improvement (%) over the best of STD and SD (Kendall, Spearman, Footrule,
+    Kemeny; distances improve by going down), one group per T, one bar per method."""
+    mine = [c for c in cells if c["dataset"] == dataset and c.get("rel_improvement_pct") is not None
+            and c["method"] in labels]
+    budgets = sorted({c["budget"] for c in mine})
+    shown = [lab for lab in labels if any(c["method"] == lab for c in mine)]
+    style = _styles(labels)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    width = 0.8 / max(len(shown), 1)
+    for k, label in enumerate(shown):
+        by_t = {c["budget"]: c["rel_improvement_pct"] for c in mine if c["method"] == label}
+        xs = [i + (k - (len(shown) - 1) / 2) * width for i, t in enumerate(budgets) if t in by_t]
+        ax.bar(xs, [by_t[t] for t in budgets if t in by_t], width, label=label, color=style[label]["color"])
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(budgets)), [str(t) for t in budgets])
+    ax.set_xlabel("verification budget T (rounds)")
+    ax.set_ylabel("mean relative improvement over best of STD, SD (%)")
+    ax.set_title(f"{dataset}: improvement over the best of STD and SD (τ, ρ, Footrule, Kemeny)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
+
 DEFAULT_CONFIG: dict[str, Any] = {
     # data: any name accepted by rsd_env.data.load_tasks; "trec-dl" test = DL19, train = DL20
     "dataset": "trec-dl",
@@ -18,7 +20,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # "openai:<base url>", a dict {"kind": ..., **kwargs}, or a Verifier instance
     "verifier": "bundled",
     "verifier_kwargs": {},
-    "budget": 3,  # T: verification rounds per episode
+    # T: verification rounds per episode; an int, or [lo, hi] to draw T per episode from the env's seeded
+    # RNG (training one agent for every budget); reset(options={"budget": t}) sets it for one episode
+    "budget": 3,
+    "max_budget": 5,  # the observation holds this many rounds, so one agent serves every T <= max_budget
+    # after the T-th verification one more action commits the final ranking (no LLM pass); False = the
+    # old protocol (the episode ends with the last verification) to reproduce earlier tables
+    "commit_step": True,
     "lock_verified_prefix": True,  # verified positions (accepted prefix + correction) stay fixed
     "reward": "spearman",  # per-step gain in agreement: "spearman" (1 - norm. Spearman dist.) or "kendall"
     "seed": 0,  # seed of data sampling (random subsets, shuffles, MovieLens negatives and user split)
@@ -45,7 +53,15 @@ def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(config)}")
     config.update(overrides)
-    config["budget"] = _integer(config["budget"], "budget", 1, "verification rounds")
+    max_budget = config["max_budget"] = _integer(config["max_budget"], "max_budget", 1,
+                                                 "rounds the observation holds")
+    lo, hi = budget_range(config["budget"])
+    if hi > max_budget:
+        raise ValueError(f"budget {config['budget']!r} exceeds max_budget={max_budget}; raise max_budget "
+                         f"(the observation's round axis) or lower the budget")
+    config["budget"] = lo if _is_int(config["budget"]) else [lo, hi]  # plain ints (NumPy integers accepted)
+    if not isinstance(config["commit_step"], bool):
+        raise ValueError(f"commit_step must be True or False, got {config['commit_step']!r}")
     config["n"] = _integer(config["n"], "n", 2, "candidates per task")
     if config["max_tasks"] is not None:
         config["max_tasks"] = _integer(config["max_tasks"], "max_tasks", 1, "or None for all tasks")
@@ -54,3 +70,23 @@ def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if config["task_order"] not in ("random", "cycle"):
         raise ValueError(f"task_order must be 'random' or 'cycle', got {config['task_order']!r}")
     return config
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def budget_range(budget: Any) -> tuple[int, int]:
+    """``(lo, hi)`` of a config budget: an int T, or ``[lo, hi]`` (inclusive) drawn per episode."""
+    if _is_int(budget):
+        lo = hi = int(budget)
+    elif isinstance(budget, (list, tuple)) and len(budget) == 2 and all(_is_int(b) for b in budget):
+        lo, hi = int(budget[0]), int(budget[1])
+        if lo > hi:
+            raise ValueError(f"budget range [lo, hi] needs lo <= hi, got {list(budget)}")
+    else:
+        raise ValueError(f"budget must be an integer >= 1 (verification rounds) or a range [lo, hi] of them, "
+                         f"got {budget!r}")
+    if lo < 1:
+        raise ValueError(f"budget must be an integer >= 1 (verification rounds), got {budget!r}")
+    return lo, hi

@@ -4,6 +4,10 @@ An episode is one ranking task. It starts from the single-token (FIRST) ranking;
 scores the items, the scores become a proposed ranking (the verified prefix stays in front), and the
 target LLM verifies the whole proposal in one parallel pass. The env keeps every verified row of every
 round in the observation, so the agent can use all the LLM said, not just the accepted prefix.
+
+With ``commit_step`` (default) the episode has T + 1 steps: after the T-th verification one more action
+commits the final ranking (verified prefix first, the rest by the action's scores) without an LLM pass,
+so what the last verification said about every unverified item is not thrown away.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rsd_env.config import SIM_CONFIG, resolve_config
+from rsd_env.config import SIM_CONFIG, budget_range, resolve_config
 from rsd_env.data import RankingTask, load_tasks
 from rsd_env.data.task import check_unique_task_ids
 from rsd_env.metrics import agreement, agreement_metrics, kendall_tau, ndcg_at_k
 from rsd_env.verifiers import Verification, Verifier, make_verifier
+from rsd_env.verifiers.base import episode_passes
 
 LOGP_FLOOR = -30.0  # log-probs are clipped here so that observations stay bounded
 
@@ -27,10 +32,13 @@ LOGP_FLOOR = -30.0  # log-probs are clipped here so that observations stay bound
 class RSDRankEnv(gym.Env):
     """Gymnasium env; see ``rsd_env.config.DEFAULT_CONFIG`` for the options.
 
-    Observation: a flat ``Dict`` of 1-D ``Box``es (SB3's ``MultiInputPolicy`` takes it as is).
-    ``verified`` is ``(budget, n, n)`` and ``proposals`` ``(budget, n)`` flattened row-major; rounds not
-    yet taken are zero and ``round`` says how many are filled. Padding items (tasks with fewer than n
-    candidates) have ``valid = 0``, log-prob ``LOGP_FLOOR`` and position -1. Action: one score per item.
+    Observation: a flat ``Dict`` of 1-D ``Box``es (SB3's ``MultiInputPolicy`` takes it as is), sized for
+    ``max_budget`` rounds so that one agent serves every budget. ``verified`` is ``(max_budget, n, n)`` and
+    ``proposals`` ``(max_budget, n)`` flattened row-major; ``round_mask`` marks the filled rounds, and
+    rounds not yet taken hold a neutral fill (the uniform log(1/m) over the task's m items; proposals -1),
+    never log-prob 0 (= probability 1). ``budget`` is this episode's T, ``round`` the verifications done,
+    ``commit`` is 1 in the commit step. Padding items (tasks with fewer than n candidates) have
+    ``valid = 0``, log-prob ``LOGP_FLOOR`` and position -1. Action: one score per item.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -42,28 +50,34 @@ class RSDRankEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         self.n: int = self.config["n"]
-        self.budget: int = self.config["budget"]
+        self.max_budget: int = self.config["max_budget"]
+        self.budget_range: tuple[int, int] = budget_range(self.config["budget"])
+        self.budget: int = self.budget_range[1]  # this episode's T (set by reset)
         self.tasks = self._load_tasks()
         self._index = {t.task_id: k for k, t in enumerate(self.tasks)}
         self.verifier: Verifier = make_verifier(self.config["verifier"], **self.config["verifier_kwargs"])
         self._targets: OrderedDict[str, np.ndarray] = OrderedDict()
-        n, t = self.n, self.budget
+        n, t = self.n, self.max_budget
         box = lambda lo, hi, shape: spaces.Box(lo, hi, shape, dtype=np.float32)  # noqa: E731
         self.observation_space = spaces.Dict(
             {
                 "first_token": box(LOGP_FLOOR, 0.0, (n,)),  # FIRST log-probs per item
-                # flat [round, position, item] log-probs: reshape to (budget, n, n)
+                # flat [round, position, item] log-probs: reshape to (max_budget, n, n)
                 "verified": box(LOGP_FLOOR, 0.0, (t * n * n,)),
                 "proposals": box(-1.0, n - 1.0, (t * n,)),  # flat [round, item]: position in that proposal
+                "round_mask": box(0.0, 1.0, (t,)),  # 1 = this round was verified (its rows are real)
                 "committed": box(-1.0, n - 1.0, (n,)),  # item's position in the committed ranking
                 "locked": box(0.0, 1.0, (n,)),  # item is in the verified prefix
                 "round": box(0.0, float(t), (1,)),  # verification rounds used
+                "budget": box(1.0, float(t), (1,)),  # this episode's T
+                "commit": box(0.0, 1.0, (1,)),  # 1 = this step commits the final ranking (no LLM pass)
                 "valid": box(0.0, 1.0, (n,)),  # real candidate (tasks may have fewer than n)
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (n,), dtype=np.float32)  # item scores, higher = earlier
         self._cycle = 0
         self.task: RankingTask | None = None
+        self._committing = self._done = False
 
     # ---- set-up ------------------------------------------------------------------------------
     def _load_tasks(self) -> list[RankingTask]:
@@ -106,6 +120,9 @@ class RSDRankEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
+        unknown = sorted(set(options) - {"task_id", "budget"})
+        if unknown:
+            raise ValueError(f"unknown reset options {unknown}; valid: 'task_id', 'budget'")
         if "task_id" in options:
             k = self._index[self.task_by_id(options["task_id"]).task_id]
         elif self.config["task_order"] == "cycle":
@@ -113,26 +130,55 @@ class RSDRankEnv(gym.Env):
         else:
             k = int(self.np_random.integers(len(self.tasks)))
         self.task = task = self.tasks[k]
+        self.budget = self._episode_budget(options.get("budget"))
         self._first = self.verifier.first_token_scores(task)
         self._target = self.target(task)
         self._committed = np.argsort(-self._first, kind="stable").astype(np.int64)
         self._locked = 0  # length of the verified prefix of the committed ranking
         self._round = 0
-        self._rows = np.zeros((self.budget, task.n, task.n))
-        self._proposals = np.full((self.budget, task.n), -1, dtype=np.int64)
+        self._committing = False  # the next step is the commit step
+        self._done = False
+        self._rows = np.zeros((self.max_budget, task.n, task.n))
+        self._proposals = np.full((self.max_budget, task.n), -1, dtype=np.int64)
         self._initial_agreement = self._agreement(self._committed)
-        return self._observation(), {"task_id": task.task_id, "agreement": self._initial_agreement}
+        info = {"task_id": task.task_id, "agreement": self._initial_agreement, "budget": self.budget}
+        return self._observation(), info
+
+    def _episode_budget(self, requested: Any) -> int:
+        if requested is not None:
+            if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) \
+                    or not 1 <= requested <= self.max_budget:
+                raise ValueError(f"reset option budget must be an integer in 1..max_budget={self.max_budget}, "
+                                 f"got {requested!r}; raise the config's max_budget for larger budgets")
+            return int(requested)
+        lo, hi = self.budget_range
+        return lo if lo == hi else int(self.np_random.integers(lo, hi + 1))
 
     def step(self, action):
+        if self._committing:
+            return self.commit(action)
         return self.apply_verification(self.verifier.verify(self.task, self.propose(action)))
+
+    @property
+    def in_commit_step(self) -> bool:
+        """True when the next step commits the final ranking (no verification, no LLM pass)."""
+        return self._committing
 
     # ---- the two halves of a step (a vector env batches the verification in between) ----------
     def propose(self, action) -> np.ndarray:
         """The ranking an action asks for: verified prefix first, the rest by descending score."""
+        self._check_running()
+        if self._committing:
+            raise RuntimeError("this is the commit step: call step() or commit(), not propose()")
+        return self._order(action)
+
+    def _check_running(self) -> None:
         if self.task is None:
             raise RuntimeError("call reset() before step()")
-        if self._round >= self.budget or self._locked >= self.task.n:
-            raise RuntimeError("the episode is over (budget spent or ranking verified); call reset()")
+        if self._done:
+            raise RuntimeError("the episode is over (ranking committed or fully verified); call reset()")
+
+    def _order(self, action) -> np.ndarray:
         scores = np.asarray(action)
         if scores.dtype.kind not in "iuf":  # strings, objects and bools are not scores, even if they parse
             raise ValueError(f"action must be numeric item scores (a float array of shape ({self.n},)); got "
@@ -150,6 +196,8 @@ class RSDRankEnv(gym.Env):
     def apply_verification(self, v: Verification):
         """Record what the LLM said about a proposal and commit its verified prefix."""
         task = self.task
+        if self._committing or self._done:
+            raise RuntimeError("no verification is expected now (commit step or episode over)")
         self._rows[self._round] = v.logprobs
         self._proposals[self._round, v.ranking] = np.arange(task.n)
         prefix = v.verified_prefix
@@ -159,11 +207,45 @@ class RSDRankEnv(gym.Env):
         self._locked = len(prefix)
         self._round += 1
         reward = self._agreement(self._committed) - before
-        terminated = self._round >= self.budget or self._locked >= task.n
+        if self._locked >= task.n:
+            self._done = True  # everything verified: nothing left to commit
+        elif self._round >= self.budget:
+            self._committing = self.config["commit_step"]
+            self._done = not self._committing
         info: dict[str, Any] = {"accepted": v.accepted, "verified_prefix": self._locked, "round": self._round}
-        if terminated:
+        return self._step_result(reward, info)
+
+    def commit(self, action):
+        """The commit step: the final ranking is the verified prefix + the rest by the action's scores.
+
+        No LLM pass; the reward is the agreement it gains over the committed ranking.
+        """
+        self._check_running()
+        if not self._committing:
+            raise RuntimeError("not the commit step: it follows the last verification (see in_commit_step)")
+        ranking = self._order(action)
+        before = self._agreement(self._committed)
+        self._committed = ranking
+        self._committing, self._done = False, True
+        info: dict[str, Any] = {"accepted": 0, "verified_prefix": self._locked, "round": self._round,
+                                "committed": True}
+        return self._step_result(self._agreement(ranking) - before, info)
+
+    def end_verification(self) -> bool:
+        """Stop verifying now (anytime or adaptive budget): True if a commit step follows, else the episode
+        is over. A commit step follows when the protocol has one and at least one round was verified.
+        """
+        self._check_running()
+        if not self._committing:
+            self._committing = self.config["commit_step"] and self._round > 0
+            self._done = not self._committing
+        return self._committing
+
+    def _step_result(self, reward: float, info: dict[str, Any]):
+        info.update(budget=self.budget, llm_passes=episode_passes(self._round))
+        if self._done:
             info.update(self.episode_summary())
-        return self._observation(), float(reward), terminated, False, info
+        return self._observation(), float(reward), self._done, False, info
 
     # ---- what the env reports ----------------------------------------------------------------
     def _agreement(self, ranking: np.ndarray) -> float:
@@ -186,7 +268,8 @@ class RSDRankEnv(gym.Env):
             "initial_agreement": self._initial_agreement,
             "final_agreement": self._agreement(self._committed),
             "rounds": self._round,
-            "llm_passes": 1 + self._round,  # one prefill for the single-token ranking + verifications
+            "budget": self.budget,
+            "llm_passes": episode_passes(self._round),  # prefill + one per verification; commit is free
         }
         if task.has_labels():
             summary["ndcg@10"] = ndcg_at_k({task.task_id: summary["final_docids"]},
@@ -198,26 +281,36 @@ class RSDRankEnv(gym.Env):
         clip = lambda x: np.clip(x, LOGP_FLOOR, 0.0)  # noqa: E731
         first = np.full(n, LOGP_FLOOR, dtype=np.float32)
         first[:m] = clip(self._first)
-        verified = np.full((self.budget, n, n), 0.0, dtype=np.float32)
-        verified[: self._round, :m, :m] = clip(self._rows[: self._round])
-        verified[: self._round, :, m:] = LOGP_FLOOR
-        proposals = np.full((self.budget, n), -1.0, dtype=np.float32)
+        t, done = self.max_budget, self._round
+        verified = np.full((t, n, n), np.log(1.0 / m), dtype=np.float32)  # neutral: uniform over m items
+        verified[:done, :m, :m] = clip(self._rows[:done])
+        verified[:, :, m:] = LOGP_FLOOR
+        proposals = np.full((t, n), -1.0, dtype=np.float32)
         proposals[:, :m] = self._proposals
+        round_mask = (np.arange(t) < done).astype(np.float32)
         committed = np.full(n, -1.0, dtype=np.float32)
         committed[self._committed] = np.arange(m)
         locked = np.zeros(n, dtype=np.float32)
         locked[self._committed[: self._locked]] = 1.0
         valid = np.zeros(n, dtype=np.float32)
         valid[:m] = 1.0
+        scalar = lambda x: np.array([x], dtype=np.float32)  # noqa: E731
         return {"first_token": first, "verified": verified.ravel(), "proposals": proposals.ravel(),
-                "committed": committed,
-                "locked": locked, "round": np.array([self._round], dtype=np.float32), "valid": valid}
+                "round_mask": round_mask, "committed": committed, "locked": locked, "round": scalar(done),
+                "budget": scalar(self.budget), "commit": scalar(float(self._committing)), "valid": valid}
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """The current observation (e.g. after ``end_verification``)."""
+        if self.task is None:
+            raise RuntimeError("call reset() first")
+        return self._observation()
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self.task is None:
             return None
         target_rank = {int(j): r + 1 for r, j in enumerate(self._target)}
-        lines = [f"task {self.task.task_id}  round {self._round}/{self.budget}  "
+        phase = "  commit step" if self._committing else ""
+        lines = [f"task {self.task.task_id}  round {self._round}/{self.budget}{phase}  "
                  f"agreement {self._agreement(self._committed):.3f}"]
         if self.task.query:
             lines.append(f"query: {self.task.query}")

@@ -39,12 +39,14 @@ def test_registration_is_idempotent():
     assert layered["verifier"] == "simulated" and layered["dataset"] == "synthetic" and layered["budget"] == 2
 
 
-def test_gymnasium_and_sb3_env_checkers_pass_without_warnings(recwarn):
+@pytest.mark.parametrize("env_id", ["RSDRankSim-v0", "RSDRank-v0"])
+@pytest.mark.parametrize("extra", [{}, {"budget": [1, 5]}, {"commit_step": False}])
+def test_gymnasium_and_sb3_env_checkers_pass_without_warnings(recwarn, env_id, extra):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    check_env(gym.make("RSDRankSim-v0", config=SIM).unwrapped)
-    sb3_check_env(gym.make("RSDRankSim-v0", config=SIM).unwrapped)
+    check_env(gym.make(env_id, config={**SIM, **extra}).unwrapped)  # RSDRank-v0 with the simulated LLM
+    sb3_check_env(gym.make(env_id, config={**SIM, **extra}).unwrapped)
     ours = [w for w in recwarn if "rsd" in str(w.filename) or "env_checker" in str(w.filename)]
     assert not ours, [str(w.message) for w in ours]
 
@@ -67,15 +69,87 @@ def test_return_is_final_minus_initial_agreement():
     assert {"kendall_tau", "spearman_rho", "footrule", "kemeny", "ndcg@10", "final_ranking"} <= set(last)
 
 
-def test_observation_records_every_round():
+def test_observation_records_every_round_and_masks_the_unfilled_ones():
     env = make(budget=3)
+    neutral = np.float32(np.log(1 / 20))  # uniform over the 20 items, never log-prob 0 (= probability 1)
     obs, _ = env.reset(seed=1)
-    assert not obs["verified"].any() and obs["round"][0] == 0
+    assert (obs["verified"] == neutral).all() and obs["round"][0] == 0 and not obs["round_mask"].any()
+    assert obs["budget"][0] == 3 and obs["commit"][0] == 0 and (obs["proposals"] == -1).all()
     obs, *_ = env.step(np.zeros(20, dtype=np.float32))
-    verified = obs["verified"].reshape(3, 20, 20)
-    assert verified[0].any() and not verified[1:].any()
-    assert sorted(obs["proposals"].reshape(3, 20)[0].tolist()) == list(range(20))
+    verified = obs["verified"].reshape(5, 20, 20)  # sized for max_budget = 5
+    assert (verified[0] != neutral).any() and (verified[1:] == neutral).all()
+    np.testing.assert_array_equal(obs["round_mask"], [1, 0, 0, 0, 0])
+    assert sorted(obs["proposals"].reshape(5, 20)[0].tolist()) == list(range(20))
     assert obs["locked"].sum() >= 1 and obs["round"][0] == 1
+
+
+def test_commit_step_keeps_the_verified_prefix_and_costs_no_pass():
+    env = make(budget=2)
+    env.reset(seed=5)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        obs, _, done, _, info = env.step(rng.uniform(-1, 1, 20).astype(np.float32))
+        assert not done
+    assert obs["commit"][0] == 1 and env.in_commit_step and info["llm_passes"] == 3
+    prefix = env.committed_ranking()[: info["verified_prefix"]]
+    before_agreement = env._agreement(env.committed_ranking())
+    stats = env.verifier.stats.snapshot()
+    with pytest.raises(RuntimeError, match="commit step"):
+        env.propose(np.zeros(20, dtype=np.float32))
+    scores = rng.uniform(-1, 1, 20).astype(np.float32)
+    obs, reward, done, _, info = env.step(scores)
+    cost = env.verifier.stats.since(stats)
+    assert done and info["committed"] and cost.forward_passes == 0 and not any(cost.calls.values())
+    final = info["final_ranking"]
+    np.testing.assert_array_equal(final[: len(prefix)], prefix)  # the verified prefix stays first
+    rest = [j for j in range(20) if j not in set(prefix.tolist())]
+    np.testing.assert_array_equal(final[len(prefix):], sorted(rest, key=lambda j: -scores[j]))
+    assert reward == pytest.approx(info["final_agreement"] - before_agreement)
+    assert info["llm_passes"] == 3 and info["rounds"] == 2 and obs["commit"][0] == 0
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.step(scores)
+
+
+def test_the_old_protocol_is_reproduced_with_commit_step_off():
+    """Same seed and actions: the old protocol ends at the T-th verification with the committed ranking."""
+    new, old = make(budget=3), make(budget=3, commit_step=False)
+    for seed in range(4):
+        new.reset(seed=seed)
+        old.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        for _ in range(3):
+            action = rng.uniform(-1, 1, 20).astype(np.float32)
+            a, b = new.step(action), old.step(action)
+            assert a[1] == b[1]
+            np.testing.assert_array_equal(a[0]["verified"], b[0]["verified"])
+            if b[2]:
+                break
+        assert b[2] and not b[0]["commit"][0] and (a[2] or a[0]["commit"][0] == 1)
+        np.testing.assert_array_equal(b[4]["final_ranking"], new.committed_ranking())
+        assert b[4]["llm_passes"] == 1 + b[4]["rounds"]
+
+
+def test_budget_per_episode_from_reset_options_or_a_range():
+    env = make(budget=3)
+    obs, info = env.reset(seed=0, options={"budget": 1})
+    assert obs["budget"][0] == 1 and info["budget"] == 1
+    _, _, done, _, _ = env.step(np.zeros(20, dtype=np.float32))
+    assert not done and env.in_commit_step  # T = 1: one verification, then the commit step
+    assert env.step(np.zeros(20, dtype=np.float32))[2]
+    assert env.reset(seed=0)[1]["budget"] == 3  # the option holds for one episode only
+    for bad in (0, 6, 1.5, True):
+        with pytest.raises(ValueError, match="reset option budget must be an integer in 1..max_budget=5"):
+            env.reset(options={"budget": bad})
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"rounds": 2})
+    drawn = [make(budget=[1, 5]).reset(seed=s)[1]["budget"] for s in range(40)]
+    assert set(drawn) == {1, 2, 3, 4, 5}
+    ranged = make(budget=[2, 4])
+    again = make(budget=[2, 4])
+    a = [ranged.reset(seed=7 if k == 0 else None)[1]["budget"] for k in range(20)]
+    b = [again.reset(seed=7 if k == 0 else None)[1]["budget"] for k in range(20)]
+    assert a == b and set(a) <= {2, 3, 4}  # seeded: same draws
+    assert make(budget=2, max_budget=8).observation_space["verified"].shape == (8 * 20 * 20,)
 
 
 @settings(max_examples=25, deadline=None)
@@ -85,16 +159,42 @@ def test_properties_valid_permutation_and_locked_prefix_matches_target(seed, bud
     env = make(budget=budget)
     env.reset(seed=seed)
     target = env.target(env.task)
-    for t, action in enumerate(actions, 1):
-        proposal = env.propose(np.asarray(action, dtype=np.float32))
-        assert sorted(proposal.tolist()) == list(range(env.task.n))
-        _, _, done, _, _ = env.step(np.asarray(action, dtype=np.float32))
+    for action in actions:
+        if not env.in_commit_step:
+            proposal = env.propose(np.asarray(action, dtype=np.float32))
+            assert sorted(proposal.tolist()) == list(range(env.task.n))
+        _, _, done, _, info = env.step(np.asarray(action, dtype=np.float32))
         committed = env.committed_ranking()
         assert sorted(committed.tolist()) == list(range(env.task.n))
-        k = min(t, env.task.n)
+        k = min(info["round"], env.task.n)  # after t verifications (and after the commit step)
         np.testing.assert_array_equal(committed[:k], target[:k])
         if done:
             break
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), budget=st.integers(1, 5), commit_step=st.booleans(),
+       actions=st.lists(st.lists(st.floats(-1, 1, width=32), min_size=20, max_size=20), min_size=6, max_size=6))
+def test_guarantee_each_round_locks_at_least_one_more_target_position(seed, budget, commit_step, actions):
+    """What locking guarantees (not "never worse than SD"): after t verifications the verified prefix has
+    at least min(t, N) items, exactly the target's first ones; every later step, the commit included, keeps
+    it, so the output's first min(T, N) positions equal the target's whatever the actions."""
+    env = make(budget=budget, commit_step=commit_step)
+    env.reset(seed=seed)
+    target = env.target(env.task)
+    locked = 0
+    for action in actions:
+        _, _, done, _, info = env.step(np.asarray(action, dtype=np.float32))
+        if not info.get("committed"):
+            assert info["verified_prefix"] >= min(locked + 1, env.task.n)  # each round adds >= 1
+        locked = info["verified_prefix"]
+        assert locked >= min(info["round"], env.task.n)
+        np.testing.assert_array_equal(env.committed_ranking()[:locked], target[:locked])
+        if done:
+            break
+    assert done and info["rounds"] <= budget and info["llm_passes"] == 1 + info["rounds"]
+    k = min(budget, env.task.n)
+    np.testing.assert_array_equal(info["final_ranking"][:k], target[:k])
 
 
 def test_verifying_the_target_accepts_all_and_ends_the_episode():
@@ -141,6 +241,12 @@ def test_reset_by_task_id_and_render():
     [
         ({"budget": 0}, "budget must be an integer >= 1"),
         ({"budget": 1.5}, "budget must be an integer >= 1"),
+        ({"budget": [3, 1]}, "lo <= hi"),
+        ({"budget": [0, 2]}, "budget must be an integer >= 1"),
+        ({"budget": 6}, "exceeds max_budget=5; raise max_budget"),
+        ({"budget": [1, 6]}, "exceeds max_budget=5"),
+        ({"max_budget": 0}, "max_budget must be an integer >= 1"),
+        ({"commit_step": "yes"}, "commit_step must be True or False"),
         ({"dataset": "nope"}, "unknown dataset"),
         ({"split": "dev"}, "unknown split"),
         ({"reward": "ndcg"}, "unknown reward"),
@@ -185,7 +291,7 @@ def test_vector_envs():
     fns = [lambda: make() for _ in range(2)]
     sync = gym.vector.SyncVectorEnv(fns)
     obs, _ = sync.reset(seed=0)
-    assert obs["verified"].shape == (2, 3 * 20 * 20)
+    assert obs["verified"].shape == (2, 5 * 20 * 20)  # max_budget rounds
     for _ in range(4):
         obs, rew, term, trunc, _ = sync.step(sync.action_space.sample())
     sync.close()

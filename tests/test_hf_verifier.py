@@ -58,9 +58,24 @@ def test_prefix_reuse_feeds_only_the_new_suffix(verifier: hf.HFVerifier, tasks: 
     assert spent.tokens == (N - 1) - 2 and spent.forward_passes == 1
     np.testing.assert_allclose(rows, verifier.rows_without_cache(task, second), atol=ATOL)
     before = verifier.stats.snapshot()
-    again = verifier.verify(task, second).logprobs  # fully known: no forward pass at all
-    assert verifier.stats.since(before).forward_passes == 0
+    again = verifier.verify(task, second).logprobs  # fully known: no model call at all
+    spent = verifier.stats.since(before)
+    assert spent.tokens == 0 and not spent.calls.get("verify")  # nothing computed ...
+    assert spent.forward_passes == 1  # ... yet it is one LLM pass of the protocol (one definition for all)
     np.testing.assert_array_equal(again, rows)
+
+
+def test_ar_costs_n_passes_cold_or_warm(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    """AR = prefill + N - 1 decode steps, the same count as the simulated verifier's, whatever is cached."""
+    task = tasks[0]
+    for keep_prompts in (False, True):
+        verifier.clear_cache(keep_prompts=keep_prompts)
+        before = verifier.stats.snapshot()
+        verifier.decode_target(task)
+        assert verifier.stats.since(before).forward_passes == N
+    before = verifier.stats.snapshot()
+    verifier.first_token_scores(task)  # the prompt KV is cached: still the episode's one prefill pass
+    assert verifier.stats.since(before).forward_passes == 1
 
 
 def test_target_is_accepted_whole_and_left_to_right_sd_reproduces_it(

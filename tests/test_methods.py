@@ -21,7 +21,7 @@ def _ids(env, k=6):
 
 def test_every_method_returns_a_valid_ranking_with_its_costs():
     env = _env(budget=2)
-    for name in ("ar", "std", "sd", "heuristic", "random", "identity"):
+    for name in agents.methods.METHODS:
         method = make_method(name)
         assert isinstance(method, RankingMethod)
         for tid in _ids(env, 3):
@@ -50,7 +50,7 @@ def test_cost_accounting_matches_each_method():
 
 
 def test_sd_with_budget_n_reproduces_the_target():
-    env = _env(budget=20)
+    env = _env(budget=20, max_budget=20)
     for tid in _ids(env):
         r = make_method("sd").rank(env, tid)
         assert r.info["kendall_tau"] == 1.0
@@ -58,11 +58,48 @@ def test_sd_with_budget_n_reproduces_the_target():
 
 def test_verified_positions_match_the_target_for_every_method():
     env = _env(budget=3)
-    for name in ("sd", "heuristic", "random", "identity"):
+    for name in ("sd", "heuristic", "stale-aware", "sd-decode", "random", "identity"):
         for tid in _ids(env, 4):
             r = make_method(name).rank(env, tid)
             target = r.info["target_ranking"]
             assert np.array_equal(r.ranking[:r.info["rounds"]], target[:r.info["rounds"]])
+
+
+def test_decoders_use_the_commit_step_and_differ_from_sd_at_t1():
+    env = _env(budget=1)
+    ids = _ids(env, 12)
+    sd = {r.task_id: r for r in evaluate(make_method("sd"), env, ids)}
+    old_sd = evaluate(make_method("sd"), _env(budget=1, commit_step=False), ids)
+    for r in old_sd:  # plain SD's commit keeps its proposal order: the classic SD output
+        np.testing.assert_array_equal(r.ranking, sd[r.task_id].ranking)
+    assert set(agents.methods.DECODERS) == {"heuristic", "stale-aware", "sd-decode"}
+    for name in agents.methods.DECODERS:
+        results = evaluate(make_method(name), env, ids)
+        assert all(r.llm_passes == 2 and r.info["rounds"] == 1 for r in results)  # the commit step is free
+        differ = [r.task_id for r in results if not np.array_equal(r.ranking, sd[r.task_id].ranking)]
+        assert len(differ) >= 3, (name, differ)
+        for r in results:  # the same verified prefix as SD: only the rest is decoded
+            k = sd[r.task_id].info["rounds"]
+            np.testing.assert_array_equal(r.ranking[:k], sd[r.task_id].ranking[:k])
+
+
+def test_stale_aware_decoder_keeps_the_rejected_items_own_evidence():
+    """Proposal [0, 1, 2, 3], LLM prefers 1 first: item 0 (rejected) keeps its slot-0 evidence."""
+    from agents.methods import HeuristicMethod, StaleAwareMethod
+
+    n = 4
+    rows = np.log(np.array([
+        [0.30, 0.40, 0.20, 0.10],   # position 0 given []: 1 wins, 0 is a close second
+        [0.01, 0.60, 0.20, 0.19],   # position 1 given [0]: 0 looks used (stale for it)
+        [0.01, 0.01, 0.30, 0.68],   # position 2 given [0, 1]
+        [0.01, 0.01, 0.01, 0.97],
+    ]))
+    obs = {"first_token": np.zeros(n, np.float32), "round": np.array([1.0]),
+           "verified": np.concatenate([rows[None], np.full((1, n, n), np.log(0.25))]).ravel(),
+           "proposals": np.array([0, 1, 2, 3, -1, -1, -1, -1], dtype=np.float32),
+           "locked": np.array([0, 1, 0, 0], np.float32), "committed": np.array([1, 0, 2, 3], np.float32)}
+    np.testing.assert_array_equal(HeuristicMethod().decode(obs, n), [1, 2, 3, 0])  # 0 sinks to the bottom
+    np.testing.assert_array_equal(StaleAwareMethod().decode(obs, n), [1, 0, 3, 2])
 
 
 def test_same_seed_same_results_and_summary():

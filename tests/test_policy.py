@@ -22,8 +22,8 @@ def _permute(obs, perm, n, budget):
     out = dict(obs)
     for key in ("first_token", "committed", "locked", "valid"):
         out[key] = obs[key][perm]
-    out["verified"] = obs["verified"].reshape(budget, n, n)[:, :, perm].ravel()
-    out["proposals"] = obs["proposals"].reshape(budget, n)[:, perm].ravel()
+    out["verified"] = obs["verified"].reshape(-1, n, n)[:, :, perm].ravel()
+    out["proposals"] = obs["proposals"].reshape(-1, n)[:, perm].ravel()
     return out
 
 
@@ -39,10 +39,25 @@ def test_item_scores_are_permutation_equivariant(policy_cls):
 
 
 def test_one_network_serves_any_budget():
-    env3, _ = _obs_after_one_round(budget=3)
-    _, obs2 = _obs_after_one_round(budget=2)
+    env3 = gym.make("RSDRankSim-v0", config={**SIM, "budget": 3, "n": 8, "max_budget": 3})
+    _, obs2 = _obs_after_one_round(budget=2)  # max_budget 5: a different round axis
     policy = RankingPolicy(env3.observation_space, env3.action_space, lambda _: 1e-3, d_model=16, n_heads=2)
     assert item_scores(policy, obs2).shape == (8,)
+
+
+def test_policy_reads_the_round_mask_budget_and_commit_flag():
+    torch.manual_seed(0)
+    env, obs = _obs_after_one_round(budget=2)
+    policy = RankingPolicy(env.observation_space, env.action_space, lambda _: 1e-3, d_model=16, n_heads=2)
+    scores = item_scores(policy, obs)
+    junk = dict(obs)  # unverified rounds (round_mask 0) are ignored whatever they hold
+    verified = obs["verified"].reshape(5, 8, 8).copy()
+    verified[1:] = np.random.default_rng(0).uniform(-30, 0, verified[1:].shape)
+    junk["verified"] = verified.ravel()
+    np.testing.assert_allclose(item_scores(policy, junk), scores, atol=1e-5)
+    for key, value in (("commit", 1.0), ("budget", 4.0)):
+        changed = {**obs, key: np.array([value], dtype=np.float32)}
+        assert not np.allclose(item_scores(policy, changed), scores, atol=1e-5), key
 
 
 def test_policy_rejects_a_different_number_of_items():

@@ -38,6 +38,19 @@ def test_collect_runs_groups_with_one_greedy_reference_per_task():
     assert model.num_timesteps == len(rollout.env_index)
 
 
+def test_groups_share_a_budget_drawn_from_the_range_and_end_with_the_commit_step():
+    model = _model(_env(budget=[1, 3]), tasks_per_batch=6)
+    rollout = model.collect()
+    width = model.group_size + 1
+    budgets = np.array([r.budget for r in model.group_env().raw]).reshape(-1, width)
+    assert (budgets == budgets[:, :1]).all() and len(set(budgets[:, 0])) > 1  # one T per group, T varies
+    lengths = rollout.lengths.reshape(-1, width)
+    rounds = rollout.obs["round"][:, 0].numpy()
+    commits = rollout.obs["commit"][:, 0].numpy() > 0
+    assert (lengths <= budgets + 1).all() and commits.sum() >= 1  # T verifications + the commit step
+    assert (rounds[commits] == budgets.ravel()[rollout.env_index[commits]]).all()
+
+
 def test_advantage_is_return_minus_the_greedy_rollouts_return():
     model = _model()
     rollout = model.collect()

@@ -71,6 +71,10 @@ def test_accounting_counts_passes(tasks):
     v.verify(t, np.arange(t.n))
     used = v.stats.since(before)
     assert used.forward_passes == 2 and used.calls == {"prefill": 1, "verify": 1}
+    before = v.stats.snapshot()
+    v.decode_target(t)
+    v.verify_batch([(t, np.arange(t.n)), (t, np.arange(t.n)[::-1])])
+    assert v.stats.since(before).forward_passes == t.n + 2  # AR = prefill + N - 1 steps; a batch of k = k
 
 
 def test_make_verifier_specs():

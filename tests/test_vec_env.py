@@ -58,9 +58,27 @@ def test_one_verify_batch_call_per_vector_step():
     original = verifier.verify_batch
     verifier.verify_batch = lambda requests: calls.append(len(requests)) or original(requests)
     venv.reset()
-    for _ in range(3):
+    for _ in range(4):
         venv.step(np.zeros((4, 20), dtype=np.float32))
-    assert calls == [4, 4, 4]
+    assert calls == [4, 4, 4]  # verify, verify, commit (no call), verify (after auto-reset)
+
+
+def test_envs_in_their_commit_step_get_no_verifier_call():
+    venv = RSDVecEnv.from_env(_make(), 4)
+    verifier = venv.raw[0].verifier
+    requests = []
+    original = verifier.verify_batch
+    verifier.verify_batch = lambda reqs: requests.append([t.task_id for t, _ in reqs]) or original(reqs)
+    ids = [t.task_id for t in venv.raw[0].tasks[:4]]
+    venv.reset_to(ids, budgets=[1, 2, 1, 2])
+    passes = verifier.stats.forward_passes
+    steps = [venv.step_some(range(4), np.zeros((4, 20), dtype=np.float32)),
+             venv.step_some(range(4), np.zeros((4, 20), dtype=np.float32)),
+             venv.step_some([1, 3], np.zeros((2, 20), dtype=np.float32))]
+    assert requests == [ids, [ids[1], ids[3]]]  # step 2: envs 0 and 2 commit; step 3: 1 and 3 commit
+    assert verifier.stats.forward_passes - passes == 6
+    assert [r[2] for r in steps[1]] == [True, False, True, False] and all(r[2] for r in steps[2])
+    assert all(r[4]["committed"] for r in steps[2]) and steps[1][0][4]["llm_passes"] == 2
 
 
 def test_episode_infos_follow_sb3_semantics():
@@ -68,12 +86,12 @@ def test_episode_infos_follow_sb3_semantics():
     venv.seed(0)
     venv.reset()
     total = np.zeros(2)
-    for _ in range(2):
+    for _ in range(3):  # T = 2 verifications and the commit step
         _, rewards, dones, infos = venv.step(np.zeros((2, 20), dtype=np.float32))
         total += rewards
     assert dones.all()
     for i, info in enumerate(infos):
-        assert info["episode"]["r"] == pytest.approx(total[i], abs=1e-6) and info["episode"]["l"] == 2
+        assert info["episode"]["r"] == pytest.approx(total[i], abs=1e-6) and info["episode"]["l"] == 3
         assert info["terminal_observation"]["round"][0] == 2
 
 
@@ -93,8 +111,11 @@ def test_bad_inputs_get_clear_errors():
         RSDVecEnv([])
     with pytest.raises(TypeError, match="DummyVecEnv"):
         RSDVecEnv([lambda: gym.make("CartPole-v1")])
-    with pytest.raises(ValueError, match="same n and budget"):
-        RSDVecEnv([_make, lambda: gym.make("RSDRankSim-v0", config={**SIM, "budget": 3})])
+    with pytest.raises(ValueError, match="same n and max_budget"):
+        RSDVecEnv([_make, lambda: gym.make("RSDRankSim-v0", config={**SIM, "max_budget": 3})])
+    RSDVecEnv([_make, lambda: gym.make("RSDRankSim-v0", config={**SIM, "budget": 3})])  # budgets may differ
     venv = RSDVecEnv.from_env(_make(), 2)
     with pytest.raises(ValueError, match="one task id per env"):
         venv.reset_to(["x"])
+    with pytest.raises(ValueError, match="one budget per env"):
+        venv.reset_to([t.task_id for t in venv.raw[0].tasks[:2]], budgets=[1])

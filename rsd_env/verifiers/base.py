@@ -1,6 +1,18 @@
 """The verifier interface: what the environment needs from a target LLM.
 
 Item ``j`` always means ``task.candidates[j]``; a ranking is an int array of item indices, best first.
+
+**What an LLM pass is** (one definition for every verifier, the env's info and the tables): the cost of
+ranking one task in forward passes of the target LLM, counted by the protocol, not by what a backend's
+caches happened to save (that shows in ``tokens`` and wall time):
+
+- the task's prompt prefill = 1 pass (it also yields the single-token scores);
+- each verification of one proposal = 1 pass (a batch of k proposals counts k: batching is a throughput
+  matter, visible in wall time; a proposal served from a prefix cache still counts 1);
+- AR = prefill + N - 1 decode steps = N passes (the N-th item is the one left);
+- the env's commit step costs 0 passes (no LLM call). An RSD episode with t verifications: 1 + t.
+
+The prompt's shared instruction, prefilled once for all tasks, is amortised: tokens, no pass.
 """
 
 from __future__ import annotations
@@ -14,6 +26,36 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rsd_env.data.task import RankingTask
+
+PREFILL_PASSES = 1
+VERIFY_PASSES = 1
+
+
+def episode_passes(rounds: int) -> int:
+    """LLM passes of an episode with ``rounds`` verifications (the commit step is free)."""
+    return PREFILL_PASSES + VERIFY_PASSES * rounds
+
+
+def ar_passes(n: int) -> int:
+    """LLM passes of full AR decoding of N items: the prefill plus N - 1 decode steps."""
+    return PREFILL_PASSES + max(n - 1, 0)
+
+
+def best_unused(row: np.ndarray, used: np.ndarray) -> int:
+    """The most likely item under ``row`` that is not ``used`` (ties: lowest index), as greedy decoding does."""
+    return int(np.argmax(np.where(used, -np.inf, row)))
+
+
+def greedy_fill(rows: np.ndarray, prefix: Sequence[int], n: int) -> np.ndarray:
+    """``prefix`` then, at every later position p, the best unused item under ``rows[p]``."""
+    used = np.zeros(n, dtype=bool)
+    order = [int(j) for j in prefix]
+    used[order] = True
+    for pos in range(len(order), n):
+        best = best_unused(rows[pos], used)
+        order.append(best)
+        used[best] = True
+    return np.asarray(order, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -44,7 +86,7 @@ class Verification:
 class VerifierStats:
     """Cost accounting; the env and the benchmarks read it, episodes' ``info`` does not."""
 
-    forward_passes: int = 0
+    forward_passes: int = 0  # LLM passes as defined at the top of this module
     tokens: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
@@ -93,8 +135,7 @@ def greedy_acceptance(ranking: np.ndarray, logprobs: np.ndarray) -> tuple[int, i
     n = len(ranking)
     used = np.zeros(n, dtype=bool)
     for i in range(n):
-        row = np.where(used, -np.inf, logprobs[i])
-        best = int(np.argmax(row))
+        best = best_unused(logprobs[i], used)
         if best != int(ranking[i]):
             return i, best
         used[best] = True
@@ -104,8 +145,10 @@ def greedy_acceptance(ranking: np.ndarray, logprobs: np.ndarray) -> tuple[int, i
 class Verifier(ABC):
     """A target LLM seen through the three operations RSD needs.
 
-    Subclasses implement ``_first_token``, ``_verify_rows`` and may override ``target_ranking``
-    (constrained greedy AR) and ``verify_batch`` (several proposals in one padded pass).
+    Subclasses implement ``_first_token``, ``_verify_rows`` and may override ``_decode_target``
+    (constrained greedy AR), ``target_ranking`` (a cached AR) and ``_verify_rows_batch`` (several
+    proposals in one padded pass). LLM passes are counted here, by the module's definition; subclasses
+    time their phases and count tokens (``timed``) but never passes.
     """
 
     name: str = "verifier"
@@ -125,6 +168,7 @@ class Verifier(ABC):
     # ---- public API ---------------------------------------------------------------------------
     def first_token_scores(self, task: RankingTask) -> np.ndarray:
         """FIRST-style single-token scores: one prefill, one next-token distribution."""
+        self.stats.forward_passes += PREFILL_PASSES
         return np.asarray(self._first_token(task), dtype=np.float64)
 
     def single_token_ranking(self, task: RankingTask) -> np.ndarray:
@@ -133,6 +177,7 @@ class Verifier(ABC):
 
     def verify(self, task: RankingTask, ranking: Sequence[int] | np.ndarray) -> Verification:
         arr = validate_ranking(task, ranking)
+        self.stats.forward_passes += VERIFY_PASSES
         rows = np.asarray(self._verify_rows(task, arr), dtype=np.float64)
         accepted, correction = greedy_acceptance(arr, rows)
         return Verification(arr, rows, accepted, correction)
@@ -144,6 +189,7 @@ class Verifier(ABC):
         checked = [(task, validate_ranking(task, ranking)) for task, ranking in requests]
         if not checked:
             return []
+        self.stats.forward_passes += VERIFY_PASSES * len(checked)
         out = []
         for (_, arr), rows in zip(checked, self._verify_rows_batch(checked)):
             rows = np.asarray(rows, dtype=np.float64)
@@ -155,25 +201,26 @@ class Verifier(ABC):
         return [self._verify_rows(task, ranking) for task, ranking in requests]
 
     def target_ranking(self, task: RankingTask) -> np.ndarray:
-        """Constrained greedy AR decoding: N steps, each the best unused identifier.
-
-        The generic version re-verifies growing prefixes; real backends decode with a KV cache.
-        """
-        ranking: list[int] = []
-        rest = list(range(task.n))
-        while rest:
-            proposal = np.asarray(ranking + rest, dtype=np.int64)
-            v = self.verify(task, proposal)
-            ranking = list(v.verified_prefix)
-            rest = [j for j in range(task.n) if j not in set(ranking)]
-        return np.asarray(ranking, dtype=np.int64)
+        """Constrained greedy AR decoding (the reference); backends may serve it from a cache."""
+        return self.decode_target(task)
 
     def decode_target(self, task: RankingTask) -> np.ndarray:
         """The AR decode itself, never served from a cache: what the AR baseline's latency measures.
 
-        Backends that cache ``target_ranking`` override this with their uncached decoder.
+        Costs ``ar_passes(N)`` LLM passes whatever the backend's caches hold.
         """
-        return Verifier.target_ranking(self, task)
+        self.stats.forward_passes += ar_passes(task.n)
+        return np.asarray(self._decode_target(task), dtype=np.int64)
+
+    def _decode_target(self, task: RankingTask) -> np.ndarray:
+        """Generic constrained greedy AR: re-verify growing prefixes; real backends decode with a KV cache."""
+        ranking: list[int] = []
+        while len(ranking) < task.n:
+            rest = [j for j in range(task.n) if j not in set(ranking)]
+            arr = np.asarray(ranking + rest, dtype=np.int64)
+            accepted, correction = greedy_acceptance(arr, np.asarray(self._verify_rows(task, arr)))
+            ranking = list(Verification(arr, np.empty(0), accepted, correction).verified_prefix)
+        return np.asarray(ranking, dtype=np.int64)
 
     def fingerprint(self) -> str:
         """Identifies the model and settings, for on-disk caches of targets."""
@@ -181,6 +228,7 @@ class Verifier(ABC):
 
     @contextmanager
     def timed(self, phase: str, passes: int = 0, tokens: int = 0) -> Iterator[None]:
+        """Time a phase and count its tokens; ``passes`` only for calls outside the protocol (references)."""
         start = time.perf_counter()
         try:
             yield

@@ -8,6 +8,9 @@ Cost model (Gemma 3 270M, 2 CPU cores): prefilling the ~1.5k-token prompt domina
 * a proposal sharing a prefix with an earlier verified proposal of the task feeds only the new suffix,
 * logits are computed for the N identifier rows only (final hidden state x ``lm_head`` rows).
 
+These caches save tokens and time, not LLM passes: passes follow the protocol's definition
+(``rsd_env.verifiers.base``), so a warm cache never makes a method look cheaper in passes.
+
 KV states are kept as plain per-layer tensors and a fresh ``DynamicCache`` is assembled for every forward:
 ``DynamicCache.crop`` cannot roll back sliding-window layers, and ``update`` concatenates (never writes in
 place), so the stored tensors stay valid. Several requests share one forward by left-padding their KV.
@@ -29,7 +32,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from rsd_env.data.task import RankingTask
 from rsd_env.verifiers import prompts
-from rsd_env.verifiers.base import Verifier, validate_ranking
+from rsd_env.verifiers.base import Verifier, best_unused, validate_ranking
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir, cache_root
 from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS, check_passage_tokens
 from rsd_env.verifiers.target_cache import TargetCache
@@ -470,7 +473,7 @@ class HFVerifier(Verifier):
     def _instruction_state(self, head: list[int]) -> _KV:
         key = tuple(head)
         if key not in self._instructions:
-            with self.timed("prefill", passes=1, tokens=len(head)):
+            with self.timed("prefill", tokens=len(head)):
                 _, cache = self._forward([_Request(_KV([], [], 0), head)])
             self._instructions[key] = self._snapshot(cache, len(head))
         return self._instructions[key]
@@ -487,7 +490,7 @@ class HFVerifier(Verifier):
             self._tasks.move_to_end(key)
             return state
         past = self._instruction_state(head) if head else _KV([], [], 0)
-        with self.timed("prefill", passes=1, tokens=len(body)):
+        with self.timed("prefill", tokens=len(body)):
             hidden, cache = self._forward([_Request(past, body)])
         state = _TaskState(self._snapshot(cache, len(head) + len(body)), hidden[0, -1:].clone())
         self._evict(state.nbytes)
@@ -563,7 +566,7 @@ class HFVerifier(Verifier):
             work.append((i, _Request(past, fed[k:].tolist()), k, prefix, fed))
         if work:
             tokens = sum(len(w[1].tokens) for w in work)
-            with self.timed("verify", passes=1, tokens=tokens):
+            with self.timed("verify", tokens=tokens):
                 hidden, cache = self._forward([w[1] for w in work])
             q_max = hidden.shape[1]
             for row, (i, req, k, prefix, fed) in enumerate(work):
@@ -606,7 +609,7 @@ class HFVerifier(Verifier):
         )
 
     @torch.inference_mode()
-    def decode_target(self, task: RankingTask) -> np.ndarray:
+    def _decode_target(self, task: RankingTask) -> np.ndarray:
         """Constrained greedy AR decoding now, bypassing the target caches (the latency reference)."""
         state = self._task_state(task)
         ids, _, _ = self._identifiers(task.n)
@@ -616,9 +619,9 @@ class HFVerifier(Verifier):
         used = np.zeros(n, dtype=bool)
         ranking: list[int] = []
         cache = self._build_cache([state.prompt], room=n - 1)
-        with self.timed("ar", passes=n - 1, tokens=n - 1):
+        with self.timed("ar", tokens=n - 1):
             for i in range(n):
-                item = int(np.argmax(np.where(used, -np.inf, rows[i])))  # ties -> lower index
+                item = best_unused(rows[i], used)
                 ranking.append(item)
                 used[item] = True
                 if i == n - 1:
@@ -663,7 +666,7 @@ class HFVerifier(Verifier):
         state = self._prompt_state([], ids[:start], key)
         hidden = state.hidden
         if start < len(ids):
-            with self.timed("verify", passes=1, tokens=len(ids) - start):
+            with self.timed("verify", tokens=len(ids) - start):
                 out, _ = self._forward([_Request(state.prompt, ids[start:])])
             hidden = torch.cat([hidden, out[0]], dim=0)
         logits = self._head(hidden)

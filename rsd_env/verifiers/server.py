@@ -211,7 +211,7 @@ class OpenAIVerifier(Verifier):
         prompt, ids = self._prompt(task)
         key = hashlib.sha256(np.asarray(prompt, dtype=np.int64).tobytes()).hexdigest()
         if key not in self._first:
-            with self.timed("prefill", passes=1, tokens=len(prompt) + 1):
+            with self.timed("prefill", tokens=len(prompt) + 1):
                 slots = self._slot_logprobs(prompt + ids[:1], len(prompt))
             self._first[key] = self._to_rows(slots, ids)[0]
             if len(self._first) > 4096:
@@ -221,7 +221,7 @@ class OpenAIVerifier(Verifier):
     def _verify_rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
         prompt, ids = self._prompt(task)
         answer = [ids[j] for j in ranking]
-        with self.timed("verify", passes=1, tokens=len(answer)):
+        with self.timed("verify", tokens=len(answer)):
             slots = self._slot_logprobs(prompt + answer, len(prompt))
         return self._to_rows(slots, ids)
 
@@ -231,7 +231,7 @@ class OpenAIVerifier(Verifier):
         for task, ranking in requests:
             prompt, ids = self._prompt(task)
             calls.append((prompt + [ids[j] for j in ranking], len(prompt), ids))
-        with self.timed("verify", passes=len(calls), tokens=sum(len(c[0]) - c[1] for c in calls)):
+        with self.timed("verify", tokens=sum(len(c[0]) - c[1] for c in calls)):
             with ThreadPoolExecutor(max_workers=min(self.max_workers, len(calls))) as pool:
                 slots = list(pool.map(lambda c: self._slot_logprobs(c[0], c[1]), calls))
         return [self._to_rows(got, call[2]) for call, got in zip(calls, slots)]

@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 
 from rsd_env.data.task import RankingTask
-from rsd_env.verifiers.base import Verifier
+from rsd_env.verifiers.base import Verifier, best_unused
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -77,26 +77,22 @@ class SimulatedVerifier(Verifier):
         return _log_softmax(logits / p["temperature"])
 
     def _first_token(self, task: RankingTask) -> np.ndarray:
-        with self.timed("prefill", passes=1, tokens=task.n):
+        with self.timed("prefill", tokens=task.n):
             quality, _ = self._latent(task)
             return _log_softmax(quality / self.params["temperature"])
 
     def _verify_rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
-        with self.timed("verify", passes=1, tokens=task.n):
+        with self.timed("verify", tokens=task.n):
             return self._rows(task, ranking)
 
-    def decode_target(self, task: RankingTask) -> np.ndarray:
-        return self.target_ranking(task)
-
-    def target_ranking(self, task: RankingTask) -> np.ndarray:
+    def _decode_target(self, task: RankingTask) -> np.ndarray:
         """Greedy AR, one simulated decode step per position (nothing is cached)."""
-        with self.timed("ar", passes=task.n, tokens=task.n):
+        with self.timed("ar", tokens=task.n):
             ranking: list[int] = []
             used = np.zeros(task.n, dtype=bool)
             for i in range(task.n):
                 padded = np.asarray(ranking + [j for j in range(task.n) if not used[j]], dtype=np.int64)
-                row = self._rows(task, padded)[i]
-                best = int(np.argmax(np.where(used, -np.inf, row)))
+                best = best_unused(self._rows(task, padded)[i], used)
                 ranking.append(best)
                 used[best] = True
         return np.asarray(ranking, dtype=np.int64)
