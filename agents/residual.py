@@ -10,7 +10,8 @@ warm start can make the policy as sharp as the decoder deserves.
 
 The residual sees, per item, its decoded rank (under every decoder), the decoder's evidence and
 confidence at that rank, the single-token score, and per verified round: its log-prob at its decoded
-position, at its own slot in that round's proposal and at the first free position, and whether that row
+position, at its own slot in that round's proposal, at the first free position and in the deepest row
+conditioned on exactly the committed prefix (fresh for every free item), and whether that row
 was conditioned on exactly the prefix the decode gives it (the proposal and the decoded order agree up
 to the item's position) or is stale. Rounds are pooled by their mean plus the latest round, so the
 network does not depend on how many rounds the budget T allows.
@@ -31,7 +32,7 @@ from agents.policy import LOGP_SCALE, RankingPolicy
 
 __all__ = ["ResidualItemExtractor", "ResidualScoreHead", "ResidualRankingPolicy", "residual_features"]
 
-ROUND_FEATURES = 14
+ROUND_FEATURES = 16
 STATIC_FEATURES = 12 + len(DECODERS)
 
 
@@ -78,7 +79,11 @@ def residual_features(x: DecodeInput, decoder: str) -> tuple[torch.Tensor, torch
     prop_order = torch.argsort(torch.where(x.proposals >= 0, x.proposals, torch.full_like(x.proposals, 2 * n)),
                                dim=2, stable=True)
     agree_decoded = common_prefix_length(prop_order, order[:, None, :]).float()  # (B, T)
-    agree_committed = common_prefix_length(prop_order, x.committed[:, None, :]).float()
+    agree_committed = common_prefix_length(prop_order, x.committed[:, None, :])
+    # the deepest row conditioned on exactly the committed ranking's prefix: its view of the free items is
+    # fresh (the rows after it saw an item that the committed ranking does not have there)
+    at_fresh = cols.gather(3, agree_committed.clamp(max=n - 1)[:, :, None, None].expand(b, t, n, 1))[..., 0]
+    agree_committed = agree_committed.float()
     # row p of a round was conditioned on that proposal's first p items: exactly the decoded prefix iff
     # p <= the common prefix of the proposal and the decoded order; otherwise it is stale
     fresh = (rank_f[:, None, :] <= agree_decoded[:, :, None]).float()
@@ -86,7 +91,7 @@ def residual_features(x: DecodeInput, decoder: str) -> tuple[torch.Tensor, torch
     age = (done - 1 - rounds[None, :]).clamp(min=0)  # 0 = latest round
     feats = torch.stack([
         at_decoded / LOGP_SCALE, at_decoded.exp(), own / LOGP_SCALE, own.exp(), at_free / LOGP_SCALE,
-        at_free.exp(), _confidence(x.rows, order) / LOGP_SCALE, fresh,
+        at_free.exp(), at_fresh / LOGP_SCALE, at_fresh.exp(), _confidence(x.rows, order) / LOGP_SCALE, fresh,
         ((agree_decoded[:, :, None] - rank_f[:, None, :]) / n).clamp(-1, 1),
         ((agree_committed[:, :, None] - rank_f[:, None, :]) / n).clamp(-1, 1),
         (x.proposals.float() - rank_f[:, None, :]) / n,

@@ -6,10 +6,11 @@ verification per round. Update: clipped policy gradient on the exact PL log-prob
 
 The reward is the env's per-step gain in agreement with the target LLM's AR ranking, by default
 1 - normalised Spearman distance (``reward: kendall`` in the env config switches to (tau + 1) / 2).
-Spearman is the paper's return and the denser signal: it charges each item by how far it is displaced,
-so a PL sample that moves one item one slot earns a graded reward, where a Kendall count of discordant
-pairs changes in coarser steps at the head; the evaluation still reports Kendall tau, Spearman rho,
-Footrule and Kemeny. A step's return is its return-to-go (agreement gained from that state to the end).
+Spearman is the paper's return (recon) and charges each item by the square of its displacement, so an
+item left far from its place (what the stale rows of a rejected item cause) costs much more than a few
+neighbour swaps; Kendall tau counts every discordant pair alike. The two agree closely on these rankings
+and the evaluation reports both (plus Footrule and Kemeny). A step's return is its return-to-go: the
+agreement gained from that state to the end of the episode.
 
 Advantage (``advantage``): each proposal is one whole PL permutation, so its baseline should be about
 the state it was sampled in, not one scalar for the episode:
