@@ -14,7 +14,7 @@ from agents.residual import ResidualRankingPolicy
 TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1}
 
 
-def _env(budget=2, n=8, count=10, **overrides):
+def _env(budget=2, n=8, count=6, **overrides):
     config = {**rsd_env.SIM_CONFIG, "data": {"count": count}, "budget": budget, "n": n, **overrides}
     return gym.make("RSDRankSim-v0", config=config)
 
