@@ -54,7 +54,8 @@ def residual_features(x: DecodeInput, decoder: str) -> tuple[torch.Tensor, torch
                                                               torch.Tensor]:
     """(order, static (B, N, S), rounds (B, T, N, F), filled (B, T)) for the residual network."""
     b, t, n, _ = x.rows.shape
-    order = decode(x, decoder)
+    orders = {name: decode(x, name) for name in sorted(DECODERS)}
+    order = orders[decoder]
     rank = decoded_ranks(order)
     rank_f = rank.float()
     free = x.locked.sum(1)
@@ -62,7 +63,7 @@ def residual_features(x: DecodeInput, decoder: str) -> tuple[torch.Tensor, torch
     started = (x.done > 0).float()[:, None]
     first_rank = decoded_ranks(torch.argsort(torch.where(x.valid, -x.first, torch.full_like(x.first, 1e4)),
                                              dim=1, stable=True)).float()
-    others = [(decoded_ranks(decode(x, name)).float() - rank_f) / n for name in sorted(DECODERS)]
+    others = [(decoded_ranks(o).float() - rank_f) / n for o in orders.values()]  # where the decoders differ
     evidence = DECODERS[decoder](x)[:, None]
     at_rank = evidence[:, 0].gather(1, rank[:, None, :])[:, 0] * started
     confidence = _confidence(evidence, order)[:, 0] * started
