@@ -159,11 +159,11 @@ class _Passthrough(nn.Module):
         return features
 
 
-def _transformer_kwargs(kwargs: dict[str, Any], d_model: int, n_layers: int, n_heads: int,
-                        dropout: float) -> dict[str, Any]:
-    kwargs["features_extractor_class"] = ItemTransformerExtractor
-    kwargs["features_extractor_kwargs"] = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                                               dropout=dropout)
+def _transformer_kwargs(kwargs: dict[str, Any], d_model: int, n_layers: int, n_heads: int, dropout: float,
+                        extractor_class: type[BaseFeaturesExtractor] = ItemTransformerExtractor) -> dict[str, Any]:
+    kwargs["features_extractor_class"] = extractor_class
+    kwargs["features_extractor_kwargs"] = dict(kwargs.get("features_extractor_kwargs") or {}, d_model=d_model,
+                                               n_layers=n_layers, n_heads=n_heads, dropout=dropout)
     kwargs.setdefault("normalize_images", False)
     return kwargs
 
@@ -197,10 +197,15 @@ class RankingPolicy(BasePolicy):
     """RPO's policy: a Plackett-Luce distribution over rankings from the item scores.
 
     Actions are rank encodings in [-1, 1] (the env sorts them back into the ranking). Deterministic
-    = argmax ranking (sort by score), stochastic = Gumbel-top-k sample. The value head is not used by RPO
-    for the policy gradient: RPO trains it on the greedy rollouts' return-to-go, so ``expected_gain``
-    says how much agreement more rounds would still add (an adaptive per-task budget stops below a bar).
+    = argmax ranking (sort by score), stochastic = Gumbel-top-k sample. RPO trains the value head on the
+    greedy rollouts' return-to-go, so ``expected_gain`` says how much agreement more rounds would still
+    add: RPO's per-state baseline (``advantage="value"``) and the adaptive per-task budget's stopping rule.
+    Subclasses swap the item encoder and the score head through ``extractor_class`` / ``score_head_class``
+    (e.g. ``agents.residual.ResidualRankingPolicy``).
     """
+
+    extractor_class: type[BaseFeaturesExtractor] = ItemTransformerExtractor
+    score_head_class: type[nn.Module] = ItemScoreHead
 
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box, lr_schedule,
                  d_model: int = 64, n_layers: int = 2, n_heads: int = 4, dropout: float = 0.0,
@@ -208,10 +213,10 @@ class RankingPolicy(BasePolicy):
                  optimizer_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
                          optimizer_kwargs=optimizer_kwargs,
-                         **_transformer_kwargs(kwargs, d_model, n_layers, n_heads, dropout))
+                         **_transformer_kwargs(kwargs, d_model, n_layers, n_heads, dropout, self.extractor_class))
         self.arch = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, dropout=dropout)
         self.features_extractor = self.make_features_extractor()
-        self.score_head = ItemScoreHead(self.features_extractor)
+        self.score_head = self.score_head_class(self.features_extractor)
         self.value_head = PooledValueHead(self.features_extractor)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 

@@ -2,11 +2,28 @@
 
 Per iteration: pick ``tasks_per_batch`` tasks; on each run ``group_size`` trajectories sampled from the
 Plackett-Luce policy and one greedy (argmax) reference rollout, all in parallel with one batched
-verification per round. Return = final agreement with the target (1 - normalised Spearman distance);
-advantage = return - the greedy rollout's return on the same task (GRPO-like, but the baseline is the
-policy's own deterministic output, which is what is deployed). Update: clipped policy gradient on the
-exact PL log-probabilities. Optional supervised warm start: the first ``warm_start_timesteps`` steps
-maximise the PL likelihood of the target ranking (free items) on the visited states.
+verification per round. Update: clipped policy gradient on the exact PL log-probabilities.
+
+The reward is the env's per-step gain in agreement with the target LLM's AR ranking, by default
+1 - normalised Spearman distance (``reward: kendall`` in the env config switches to (tau + 1) / 2).
+Spearman is the paper's return (recon) and charges each item by the square of its displacement, so an
+item left far from its place (what the stale rows of a rejected item cause) costs much more than a few
+neighbour swaps; Kendall tau counts every discordant pair alike. The two agree closely on these rankings
+and the evaluation reports both (plus Footrule and Kemeny). A step's return is its return-to-go: the
+agreement gained from that state to the end of the episode.
+
+Advantage (``advantage``): each proposal is one whole PL permutation, so its baseline should be about
+the state it was sampled in, not one scalar for the episode:
+
+- ``"value"``: return-to-go - the value head's estimate at that state, which is trained on the greedy
+  rollouts' return-to-go: "how much better than the deployed (argmax) policy from here";
+- ``"greedy_step"``: return-to-go - the greedy reference rollout's return-to-go from the same step of the
+  same task (exact at the first step, where both start from the same state);
+- ``"greedy"`` (the paper), ``"group_mean"`` (GRPO-like), ``"none"`` (plain REINFORCE): one episode scalar,
+  final return minus the greedy rollout's / the group's mean / nothing, kept for ablations.
+
+Optional supervised warm start: the first ``warm_start_timesteps`` steps maximise the PL likelihood of the
+target ranking (free items) on the visited states.
 
 ``learn``/``predict``/``save``/``load``, the logger and callbacks are SB3's, so ``CheckpointCallback``,
 ``wandb.integration.sb3.WandbCallback`` etc. work unchanged.
@@ -29,9 +46,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from agents.plackett_luce import log_prob, sample_order
 from agents.policy import GAIN_SCALE, RankingPolicy, obs_to_tensors, ranks_to_actions
+from agents.residual import ResidualRankingPolicy
 from agents.vec_env import RSDVecEnv
 
-ADVANTAGES = ("greedy", "group_mean", "none")
+ADVANTAGES = ("value", "greedy_step", "greedy", "group_mean", "none")
+PER_STATE = ("value", "greedy_step")
 
 
 @dataclass
@@ -48,6 +67,7 @@ class GroupRollout:
     final: np.ndarray  # (k,) final agreement per env
     initial: np.ndarray  # (k,)
     lengths: np.ndarray  # (k,)
+    steps: np.ndarray | None = None  # (S,) round index of each state
 
 
 class RPO(BaseAlgorithm):
@@ -57,7 +77,8 @@ class RPO(BaseAlgorithm):
     :param tasks_per_batch: tasks per iteration; the vector env holds tasks_per_batch * (G + 1) envs
     :param n_epochs: passes over each batch (clipped importance ratio after the first)
     :param batch_size: minibatch size in states
-    :param advantage: "greedy" (paper), "group_mean" (GRPO-style) or "none" (plain REINFORCE), for ablations
+    :param advantage: per-state baselines "value" or "greedy_step" (see the module doc), or one episode
+        scalar: "greedy" (paper), "group_mean" (GRPO-style), "none" (plain REINFORCE), for ablations
     :param temperature: the sampled trajectories follow PL(scores / temperature); < 1 explores closer to the
         greedy ranking (lower-variance advantages), the deployed argmax is unchanged
     :param value_coef: weight of the value loss: the value head learns the agreement the greedy policy
@@ -69,7 +90,8 @@ class RPO(BaseAlgorithm):
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
-        "RankingPolicy": RankingPolicy, "MultiInputPolicy": RankingPolicy}
+        "RankingPolicy": RankingPolicy, "MultiInputPolicy": RankingPolicy,
+        "ResidualRankingPolicy": ResidualRankingPolicy}
     policy: RankingPolicy
 
     def __init__(
@@ -221,7 +243,7 @@ class RPO(BaseAlgorithm):
         step = np.concatenate([np.full(len(r[4]), t) for t, r in enumerate(rows)])
         gains = torch.as_tensor([sum(rewards[i][t:]) for i, t in zip(env_index, step)], dtype=torch.float32)
         return GroupRollout(stacked, cat(1), cat(2), cat(3), env_index, cat(5), gains.to(self.device),
-                            final, initial, lengths)
+                            final, initial, lengths, step)
 
     @staticmethod
     def _target_orders(venv: RSDVecEnv, active: list[int], mask: torch.Tensor) -> torch.Tensor:
@@ -247,6 +269,29 @@ class RPO(BaseAlgorithm):
         adv[:, 0] = 0.0
         return adv.ravel()
 
+    @torch.no_grad()
+    def state_advantages(self, rollout: GroupRollout) -> np.ndarray:
+        """(S,) advantage of every state's proposal (per-state baselines, or the episode's scalar)."""
+        if self.advantage not in PER_STATE:
+            return self.advantages(rollout)[rollout.env_index]
+        gains = rollout.gains.cpu().numpy().astype(np.float64)
+        if self.advantage == "value":
+            was_training = self.policy.training
+            self.policy.set_training_mode(False)
+            baseline = np.concatenate([
+                self.policy.expected_gain({k: v[rows] for k, v in rollout.obs.items()}).cpu().numpy()
+                for rows in torch.arange(len(gains)).split(self.batch_size)])
+            self.policy.set_training_mode(was_training)
+        else:  # the greedy reference of the same group, same step (0 once it has ended)
+            width = self.group_size + 1
+            reference = {(int(i), int(t)): g for i, t, g in zip(rollout.env_index, rollout.steps, gains)
+                         if i % width == 0}
+            baseline = np.array([reference.get((int(i) - int(i) % width, int(t)), 0.0)
+                                 for i, t in zip(rollout.env_index, rollout.steps)])
+        adv = gains - baseline
+        adv[rollout.env_index % (self.group_size + 1) == 0] = 0.0
+        return adv
+
     # ---- updates -------------------------------------------------------------------------------
     def _minibatches(self, n: int):
         for _ in range(self.n_epochs if self.n_epochs > 0 else 1):
@@ -271,10 +316,10 @@ class RPO(BaseAlgorithm):
         self.policy.optimizer.step()
 
     def train_policy_gradient(self, rollout: GroupRollout) -> dict[str, float]:
-        adv_env = self.advantages(rollout)
+        adv_state = self.state_advantages(rollout)  # before the value head is fitted to this batch
         sampled = rollout.env_index % (self.group_size + 1) != 0
         idx = torch.as_tensor(np.flatnonzero(sampled))
-        adv = torch.as_tensor(adv_env[rollout.env_index[sampled]], dtype=torch.float32, device=self.device)
+        adv = torch.as_tensor(adv_state[sampled], dtype=torch.float32, device=self.device)
         if self.normalize_advantage and len(adv) > 1:
             adv = adv / (adv.std() + 1e-8)
         losses, clipped = [], []
@@ -291,7 +336,7 @@ class RPO(BaseAlgorithm):
             losses.append(loss.item())
             clipped.append(((ratio - 1).abs() > self.clip_range).float().mean().item())
         return {"train/pg_loss": float(np.mean(losses)), "train/clip_fraction": float(np.mean(clipped)),
-                "train/advantage_mean": float(adv_env[np.arange(len(adv_env)) % (self.group_size + 1) != 0].mean())}
+                "train/advantage_mean": float(adv_state[sampled].mean())}
 
     def _fit_value(self, rollout: GroupRollout) -> None:
         if self.value_coef == 0:

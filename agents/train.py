@@ -225,13 +225,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 # ---- envs ----------------------------------------------------------------------------------------
 def make_env(env_id: str, env_config: dict[str, Any]) -> Any:
-    """``gym.make(env_id, config=...)`` with ``env_config`` layered over the id's registered config."""
+    """``gym.make(env_id, config=...)`` with ``env_config`` layered over the id's registered config.
+
+    ``env_config["mix"]``: a list of ``{dataset, split, **load_tasks options}`` whose tasks are pooled
+    into one env (e.g. DL20 queries and MovieLens training users), instead of ``dataset``/``split``.
+    """
     import gymnasium as gym
 
     import rsd_env  # noqa: F401  (registers the ids)
+    from rsd_env.data import load_tasks
 
-    base = gym.spec(env_id).kwargs.get("config") or {}
-    return gym.make(env_id, config={**base, **env_config})
+    config = {**(gym.spec(env_id).kwargs.get("config") or {}), **env_config}
+    mix = config.pop("mix", None)
+    if mix:
+        if not isinstance(mix, list) or not all(isinstance(m, dict) and "dataset" in m for m in mix):
+            raise ValueError(f"env.mix must be a list of mappings with a 'dataset' key, got {mix!r}")
+        n, seed = config.get("n", 20), config.get("seed", 0)
+        config["tasks"] = [task for m in mix for task in load_tasks(
+            m["dataset"], m.get("split", "train"), n, seed=seed, **{k: v for k, v in m.items()
+                                                                   if k not in ("dataset", "split")})]
+    return gym.make(env_id, config=config)
 
 
 def make_vec_env(config: TrainConfig, env):

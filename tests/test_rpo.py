@@ -116,3 +116,26 @@ def test_bad_settings_get_clear_errors():
         _model(group_size=0)
     with pytest.raises(ValueError, match="temperature"):
         _model(temperature=0.0)
+
+
+def test_per_state_advantages_subtract_a_baseline_of_each_state():
+    model = _model(_env(count=8, budget=3))
+    rollout = model.collect()
+    width = model.group_size + 1
+    gains = rollout.gains.numpy()
+    model.advantage = "greedy_step"
+    adv = model.state_advantages(rollout)
+    for s, (i, t) in enumerate(zip(rollout.env_index, rollout.steps)):
+        ref = [g for g, j, u in zip(gains, rollout.env_index, rollout.steps) if j == i - i % width and u == t]
+        expected = 0.0 if i % width == 0 else gains[s] - (ref[0] if ref else 0.0)
+        assert adv[s] == pytest.approx(expected, abs=1e-6)
+    first = rollout.steps == 0  # at the first step both start from the same state: the paper's advantage
+    model.advantage = "greedy"
+    episode = model.advantages(rollout)[rollout.env_index]
+    np.testing.assert_allclose(adv[first], episode[first], atol=1e-5)
+    model.advantage = "value"
+    with torch.no_grad():
+        value = model.policy.expected_gain(rollout.obs).numpy()
+    sampled = rollout.env_index % width != 0
+    np.testing.assert_allclose(model.state_advantages(rollout)[sampled], (gains - value)[sampled], atol=1e-5)
+    assert not model.state_advantages(rollout)[~sampled].any()

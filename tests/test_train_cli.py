@@ -60,3 +60,26 @@ def test_train_cli_runs_ppo_with_our_policy(tmp_path):
                "total_timesteps=32", "eval_freq=0", "checkpoint_freq=0"))
     model = agents.load_agent(tmp_path / "r" / "model.zip")
     assert type(model).__name__ == "PPO" and model.num_timesteps >= 32
+
+
+def test_env_mix_pools_the_tasks_of_several_datasets():
+    from agents.train import make_env
+
+    env = make_env("RSDRankSim-v0", {"n": 8, "mix": [{"dataset": "synthetic", "split": "train", "count": 3},
+                                                     {"dataset": "synthetic", "split": "test", "count": 2}]})
+    assert [t.task_id for t in env.unwrapped.tasks] == [
+        "synthetic:train:0", "synthetic:train:1", "synthetic:train:2", "synthetic:test:0", "synthetic:test:1"]
+    with pytest.raises(ValueError, match="env.mix"):
+        make_env("RSDRankSim-v0", {"mix": ["synthetic"]})
+
+
+def test_the_residual_configs_select_the_residual_policy(tmp_path):
+    from agents.residual import ResidualRankingPolicy
+
+    for name in ("train_residual_sim.yaml", "train_residual_real.yaml"):
+        config = load_config(f"experiments/configs/{name}")
+        assert config.algo_kwargs["policy"] == "ResidualRankingPolicy"
+    argv = _argv(tmp_path, "algo=rpo", "algo_kwargs={policy: ResidualRankingPolicy, group_size: 2, "
+                 "tasks_per_batch: 2, warm_start_timesteps: 12}", "total_timesteps=24", "eval_freq=0")
+    assert main(argv) == 0
+    assert isinstance(agents.load_agent(tmp_path / "r" / "model.zip").policy, ResidualRankingPolicy)
