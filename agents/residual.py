@@ -169,7 +169,7 @@ class ResidualRankingPolicy(RankingPolicy):
     """RPO's Plackett-Luce policy over ``decoder``'s order plus a learned residual (see the module doc).
 
     Select it with ``agents.make("rpo", env, policy="ResidualRankingPolicy", policy_kwargs={...})`` or in a
-    training YAML with ``algo_kwargs: {policy: ResidualRankingPolicy}``. ``policy_kwargs``: ``decoder``
+    training YAML with ``policy: ResidualRankingPolicy``. ``policy_kwargs``: ``decoder``
     (``heuristic`` or ``stale_aware``), ``base_scale`` (initial score gap between decoded neighbours),
     ``learn_scale``, and the Transformer's ``d_model``, ``n_layers``, ``n_heads``, ``dropout``.
     """

@@ -50,6 +50,7 @@ class TrainConfig:
     """Everything a training run needs; YAML files and ``--set key=value`` fill it."""
 
     algo: str = "rpo"  # agents.make name: rpo | ppo | a2c | trpo | module:Class
+    policy: str | None = None  # policy class or alias, e.g. ResidualRankingPolicy (default: the algo's item policy)
     env_id: str = "RSDRank-v0"
     env: dict[str, Any] = field(default_factory=lambda: {"dataset": "trec-dl", "split": "train", "budget": 2})
     eval_env: dict[str, Any] | None = None  # layered over ``env`` with split "test": list only what differs
@@ -155,7 +156,7 @@ def validate(config: TrainConfig) -> None:
     reserved = sorted(set(config.algo_kwargs) & set(_RESERVED_ALGO_KWARGS))
     if reserved:
         raise ValueError(f"algo_kwargs {reserved} are set by rsd-train itself; use the top-level keys "
-                         "(seed, verbose, policy_kwargs) instead")
+                         "(policy, seed, verbose, policy_kwargs) instead")
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         accepted = set(params) - {"self", *_RESERVED_ALGO_KWARGS}
         unknown = sorted(set(config.algo_kwargs) - accepted)
@@ -170,14 +171,15 @@ def validate(config: TrainConfig) -> None:
         base = {**(SIM_ENV_DEFAULTS if entry.endswith("RSDRankSimEnv") else {}), **(spec.kwargs.get("config") or {})}
         for name, env_config in (("env", config.env), ("eval_env", eval_env_config(config))):
             try:
-                resolve_config({**base, **env_config})
+                resolve_config({**base, **split_mix(env_config)[0]})
             except (ValueError, TypeError) as err:
                 raise ValueError(f"{name}: {err}") from err
 
 
 def eval_env_config(config: TrainConfig) -> dict[str, Any]:
-    """The held-out env: ``env`` with split "test", then ``eval_env``'s keys."""
-    return {**config.env, "split": "test", **(config.eval_env or {})}
+    """The held-out env: ``env`` with split "test" (without its training ``mix``), then ``eval_env``'s keys."""
+    train = {k: v for k, v in config.env.items() if k != "mix"}
+    return {**train, "split": "test", **(config.eval_env or {})}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -224,6 +226,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 # ---- envs ----------------------------------------------------------------------------------------
+def split_mix(env_config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The env config without ``mix`` (a training-layer option the env does not know), and the mix."""
+    config = dict(env_config)
+    mix = config.pop("mix", None)
+    if mix is not None and (not isinstance(mix, list) or not mix
+                            or not all(isinstance(m, dict) and "dataset" in m for m in mix)):
+        raise ValueError(f"env.mix must be a non-empty list of mappings with a 'dataset' key, got {mix!r}")
+    return config, mix
+
+
 def make_env(env_id: str, env_config: dict[str, Any]) -> Any:
     """``gym.make(env_id, config=...)`` with ``env_config`` layered over the id's registered config.
 
@@ -235,11 +247,8 @@ def make_env(env_id: str, env_config: dict[str, Any]) -> Any:
     import rsd_env  # noqa: F401  (registers the ids)
     from rsd_env.data import load_tasks
 
-    config = {**(gym.spec(env_id).kwargs.get("config") or {}), **env_config}
-    mix = config.pop("mix", None)
+    config, mix = split_mix({**(gym.spec(env_id).kwargs.get("config") or {}), **env_config})
     if mix:
-        if not isinstance(mix, list) or not all(isinstance(m, dict) and "dataset" in m for m in mix):
-            raise ValueError(f"env.mix must be a list of mappings with a 'dataset' key, got {mix!r}")
         n, seed = config.get("n", 20), config.get("seed", 0)
         config["tasks"] = [task for m in mix for task in load_tasks(
             m["dataset"], m.get("split", "train"), n, seed=seed, **{k: v for k, v in m.items()
@@ -380,8 +389,9 @@ def prepare(config: TrainConfig) -> Session:
         if model is None:
             _start_over(run)
             try:
-                model = agents.make(config.algo, train_env, seed=config.seed, verbose=config.verbose,
-                                    policy_kwargs=dict(config.policy_kwargs), **config.algo_kwargs)
+                model = agents.make(config.algo, train_env, policy=config.policy, seed=config.seed,
+                                    verbose=config.verbose, policy_kwargs=dict(config.policy_kwargs),
+                                    **config.algo_kwargs)
             except TypeError as err:
                 raise ValueError(f"cannot build {config.algo} with algo_kwargs {config.algo_kwargs} and "
                                  f"policy_kwargs {config.policy_kwargs}: {err}") from err

@@ -78,8 +78,8 @@ def test_the_residual_configs_select_the_residual_policy(tmp_path):
 
     for name in ("train_residual_sim.yaml", "train_residual_real.yaml"):
         config = load_config(f"experiments/configs/{name}")
-        assert config.algo_kwargs["policy"] == "ResidualRankingPolicy"
-    argv = _argv(tmp_path, "algo=rpo", "algo_kwargs={policy: ResidualRankingPolicy, group_size: 2, "
+        assert config.policy == "ResidualRankingPolicy"
+    argv = _argv(tmp_path, "algo=rpo", "policy=ResidualRankingPolicy", "algo_kwargs={group_size: 2, "
                  "tasks_per_batch: 2, warm_start_timesteps: 12}", "total_timesteps=24", "eval_freq=0")
     assert main(argv) == 0
     assert isinstance(agents.load_agent(tmp_path / "r" / "model.zip").policy, ResidualRankingPolicy)
