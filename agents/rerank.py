@@ -197,6 +197,7 @@ class SlidingWindowReranker:
         self.budget = budget
         self.batch = batch
         self._view = _NoReference(self.verifier)
+        self.seconds = 0.0  # wall time of the last ``rerank`` call
         # AR and other methods that do not run the episode protocol rank a window with their own ``rank``
         self._episodic = type(self.method).rank is RankingMethod.rank
 

@@ -114,6 +114,21 @@ def test_batching_across_queries_changes_cost_not_output(dl19, method):
         assert calls[6] * 3 <= calls[1]
 
 
+def test_a_learned_agent_plugs_in_and_must_match_the_window(tmp_path, capsys):
+    import gymnasium as gym
+
+    import agents
+
+    env = gym.make("RSDRankSim-v0", config={"budget": 2, "n": 10, "data": {"count": 4}})
+    model = agents.make("ppo", env, n_steps=8, batch_size=8, seed=0,
+                        policy_kwargs={"d_model": 8, "n_layers": 1, "n_heads": 2})
+    path = agents.save_agent(model, tmp_path / "ppo")
+    args = ["--dataset", "dl19", "--max-queries", "2", "--method", f"agent:{path}", "--top", "30"]
+    out = _run([*args, "--window", "10", "--stride", "5"], tmp_path)
+    assert len(read_rank_llm(out / "rerank.jsonl")) == 2
+    _expect_error(capsys, [*args, "--output", str(tmp_path / "o")], "trained for 10 candidates; use --window 10")
+
+
 def test_duplicate_queries_are_an_error(dl19):
     queries, _ = dl19
     with pytest.raises(ValueError, match="more than once"):
