@@ -81,8 +81,10 @@ class RerankResult:
     """One reranked query: all its hits (reranked top, then the untouched rest) and what it cost.
 
     ``wall_ms`` runs from the query's first window to its last; in a batched run queries overlap, so
-    throughput is the run's queries per second, not ``1000 / wall_ms``. ``tokens`` of a verification pass
-    shared by several queries are split in proportion to their windows' sizes.
+    throughput is the run's queries per second, not ``1000 / wall_ms``. ``cpu_ms`` is this process's CPU
+    time over the same span: on a shared machine it is the steadier cost figure (with ``batch = 1`` and
+    one torch thread it is the query's own compute). ``tokens`` of a verification pass shared by several
+    queries are split in proportion to their windows' sizes.
     """
 
     qid: str
@@ -91,6 +93,7 @@ class RerankResult:
     llm_passes: int = 0
     tokens: int = 0
     wall_ms: float = 0.0
+    cpu_ms: float = 0.0
     windows: int = 0
     rounds: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -147,7 +150,7 @@ class _Query:
         self.labels = labels
         spans = spec.spans(len(self.hits))
         self.todo = deque((p, s, e) for p in range(spec.passes) for s, e in spans)
-        self.started = time.perf_counter()
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
         self.result = RerankResult(request.qid, request.query, ())
 
     def charge(self, passes: int, tokens: float) -> None:
@@ -158,6 +161,7 @@ class _Query:
         r = self.result
         r.hits = tuple(self.hits)
         r.wall_ms = 1000.0 * (time.perf_counter() - self.started)
+        r.cpu_ms = 1000.0 * (time.process_time() - self.cpu_started)
         return r
 
 

@@ -80,7 +80,7 @@ def to_record(result: RerankResult) -> dict[str, Any]:
             "candidates": [{"docid": c.docid, "score": float(n - i), "doc": {"contents": c.text}}
                            for i, c in enumerate(result.hits)],
             "rsd": {"llm_passes": result.llm_passes, "tokens": result.tokens, "wall_ms": round(result.wall_ms, 3),
-                    "windows": result.windows, "rounds": result.rounds}}
+                    "cpu_ms": round(result.cpu_ms, 3), "windows": result.windows, "rounds": result.rounds}}
 
 
 def from_record(obj: dict[str, Any]) -> RerankResult:
@@ -88,7 +88,7 @@ def from_record(obj: dict[str, Any]) -> RerankResult:
     hits = tuple(Candidate(str(c["docid"]), c["doc"]["contents"], c.get("score")) for c in obj["candidates"])
     return RerankResult(str(obj["query"]["qid"]), obj["query"]["text"], hits, int(cost.get("llm_passes", 0)),
                         int(cost.get("tokens", 0)), float(cost.get("wall_ms", 0.0)),
-                        int(cost.get("windows", 0)), int(cost.get("rounds", 0)))
+                        float(cost.get("cpu_ms", 0.0)), int(cost.get("windows", 0)), int(cost.get("rounds", 0)))
 
 
 class RunWriter:
@@ -155,6 +155,7 @@ def summarise(results: Sequence[RerankResult], requests: Sequence[QueryHits],
         "llm_passes_per_query": sum(r.llm_passes for r in results) / n,
         "tokens_per_query": sum(r.tokens for r in results) / n,
         "wall_ms_per_query": sum(r.wall_ms for r in results) / n,
+        "cpu_ms_per_query": sum(r.cpu_ms for r in results) / n,
         "windows_per_query": sum(r.windows for r in results) / n,
         "seconds_this_session": round(seconds, 2), "queries_this_session": new,
         "queries_per_second": new / seconds if seconds > 0 and new else None,
@@ -170,7 +171,8 @@ def summarise(results: Sequence[RerankResult], requests: Sequence[QueryHits],
 def format_summary(summary: dict[str, Any], label: str) -> str:
     lines = [f"{label}: {summary['queries']} queries, {summary['windows_per_query']:.1f} windows, "
              f"{summary['llm_passes_per_query']:.1f} LLM passes, {summary['tokens_per_query']:.0f} tokens, "
-             f"{summary['wall_ms_per_query'] / 1000:.2f} s per query"]
+             f"{summary['wall_ms_per_query'] / 1000:.2f} s wall ({summary['cpu_ms_per_query'] / 1000:.2f} s CPU) "
+             "per query"]
     if summary.get("queries_per_second"):
         lines.append(f"this session: {summary['queries_this_session']} queries in "
                      f"{summary['seconds_this_session']:.1f} s = {summary['queries_per_second']:.3f} queries/s")
