@@ -65,10 +65,6 @@ def load_requests(args: argparse.Namespace) -> tuple[list[QueryHits], dict[str, 
         name = str(Path(args.run).resolve())
     if args.qrels:
         qrels = read_qrels(args.qrels)
-    if args.max_queries is not None:
-        if args.max_queries < 1:
-            raise ValueError(f"--max-queries must be >= 1, got {args.max_queries}")
-        requests = requests[: args.max_queries]
     return requests, qrels, name
 
 
@@ -218,6 +214,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Rerank as ``args`` say; returns the summary (also written to ``<output>/summary.json``)."""
     spec = WindowSpec(args.top, args.window, args.stride, args.passes)  # bad window settings fail first
+    if args.max_queries is not None and args.max_queries < 1:
+        raise ValueError(f"--max-queries must be >= 1, got {args.max_queries}")
     requests, qrels, name = load_requests(args)
     from agents.methods import make_method
     from rsd_env.verifiers import make_verifier
@@ -232,10 +230,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "window": spec.window, "stride": spec.stride, "passes": spec.passes,
                 "verifier": verifier.fingerprint(), "max_queries": args.max_queries, "batch": args.batch}
     tag = args.tag or f"rsd-{args.method.replace(' ', '_')}-T{args.budget}"
+    # completed queries stay in the output even when a rerun asks for fewer (--max-queries)
     writer = RunWriter(Path(args.output), settings, [q.qid for q in requests], tag, fresh=args.fresh)
-    todo = [q for q in requests if q.qid not in writer.done]
+    todo = [q for q in requests[: args.max_queries] if q.qid not in writer.done]
     if writer.done:
-        print(f"resuming: {len(writer.done)} of {len(requests)} queries already in {writer.jsonl}", file=sys.stderr)
+        print(f"resuming: {len(writer.done)} queries already in {writer.jsonl}, {len(todo)} to go", file=sys.stderr)
     start = time.perf_counter()
     reranker.rerank(todo, qrels=qrels, on_result=writer.add, progress=not args.no_progress)
     seconds = time.perf_counter() - start

@@ -216,6 +216,9 @@ def test_resume_after_interruption_gives_the_same_output(dl19, tmp_path, monkeyp
     _run(args, tmp_path, "part", "--batch", "2")
     assert (part / "run.trec").read_text() == (full / "run.trec").read_text()
     assert json.loads((part / "summary.json").read_text())["queries_this_session"] == 3
+    _run(args, tmp_path, "part", "--max-queries", "2")  # asking for fewer queries drops no completed one
+    assert (part / "run.trec").read_text() == (full / "run.trec").read_text()
+    assert json.loads((part / "summary.json").read_text())["queries_this_session"] == 0
     # other settings on the same output folder: an error, not a silently mixed run
     assert cli.main([*args, "--verifier", "simulated", "--output", str(part), "--budget", "1"]) == 2
 
