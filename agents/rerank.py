@@ -231,15 +231,18 @@ class SlidingWindowReranker:
                     else:
                         active.append(window)
                 self._round([w for w in active if self._wants_round(w)])
-                for k, w in enumerate(active):
-                    if not (w.done or not self._wants_round(w)):
+                still: list[_Window] = []
+                for w in active:
+                    if not w.done and self._wants_round(w):
+                        still.append(w)
                         continue
-                    self._close(w)
+                    self._close(w)  # window finished: its query moves on to its next window, or is done
                     nxt = self._open(w.query)
                     if nxt is None:
                         self._done(w.query, results, on_result, bar)
-                    active[k] = nxt  # type: ignore[assignment]
-                active = [w for w in active if w is not None]
+                    else:
+                        still.append(nxt)
+                active = still
                 bar.set_postfix(windows=len(active))
         finally:
             bar.close()
