@@ -1,0 +1,326 @@
+"""Sliding-window reranking of a deep first-stage list (rank_llm style), batched across queries.
+
+A top-100 list is too long for one listwise prompt, so it is reranked in windows (rank_llm's scheme: size
+20, stride 10, from the back of the list to the front, so good passages bubble up to the top). Each window
+is one episode of any ``RankingMethod`` at budget T. Windows of one query are sequential (a window's
+candidates depend on the previous window's output); windows of different queries advance together, with
+one ``verify_batch`` call per verification round across all of them, so a run of many queries is not a
+loop of single LLM calls. Methods that do not follow the episode protocol (AR) rank each window with their
+own ``rank``. Prompt prefills stay one call per window: no verifier batches prefills yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from agents.methods import RankingMethod, make_method
+from rsd_env.data.task import Candidate, RankingTask
+from rsd_env.data.trec import QueryHits
+from rsd_env.env import RSDRankEnv
+from rsd_env.verifiers import Verifier, make_verifier
+from rsd_env.verifiers.prompts import IDENTIFIERS
+
+__all__ = ["WindowSpec", "RerankResult", "SlidingWindowReranker", "rerank", "MAX_WINDOW"]
+
+MAX_WINDOW = len(IDENTIFIERS)  # a prompt labels candidates with single-token identifiers A..Z
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How a query's list is cut into windows: the first ``top`` hits, ``window`` at a time, moving
+    ``stride`` towards the front, ``passes`` times over."""
+
+    top: int = 100
+    window: int = 20
+    stride: int = 10
+    passes: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("top", "window", "stride", "passes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.window < 2:
+            raise ValueError(f"window must hold at least 2 candidates to rank, got {self.window}")
+        if self.window > MAX_WINDOW:
+            raise ValueError(f"window {self.window} is larger than the {MAX_WINDOW} single-token identifiers "
+                             f"({IDENTIFIERS[0]}..{IDENTIFIERS[-1]}) a prompt can label candidates with; "
+                             f"use a window <= {MAX_WINDOW}")
+        if self.stride > self.window:
+            raise ValueError(f"stride {self.stride} > window {self.window} would leave candidates between "
+                             "windows that are never reranked; use stride <= window")
+
+    def spans(self, depth: int) -> list[tuple[int, int]]:
+        """``(start, end)`` slices of one pass over a list of ``depth`` hits, back to front.
+
+        rank_llm's loop: the last window ends at ``min(top, depth)``, each next one ``stride`` earlier,
+        the first is clipped at 0, and no window repeats the one before it. One-candidate windows are
+        skipped (nothing to rank).
+        """
+        out: list[tuple[int, int]] = []
+        end = min(self.top, depth)
+        start = end - self.window
+        while end > 0 and start + self.stride != 0:
+            start = max(start, 0)
+            if end - start >= 2:
+                out.append((start, end))
+            end, start = end - self.stride, start - self.stride
+        return out
+
+
+@dataclass
+class RerankResult:
+    """One reranked query: all its hits (reranked top, then the untouched rest) and what it cost.
+
+    ``wall_ms`` runs from the query's first window to its last; in a batched run queries overlap, so
+    throughput is the run's queries per second, not ``1000 / wall_ms``. ``cpu_ms`` is this process's CPU
+    time over the same span: on a shared machine it is the steadier cost figure (with ``batch = 1`` and
+    one torch thread it is the query's own compute). ``tokens`` of a verification pass shared by several
+    queries are split in proportion to their windows' sizes.
+    """
+
+    qid: str
+    query: str
+    hits: tuple[Candidate, ...]
+    llm_passes: int = 0
+    tokens: int = 0
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    windows: int = 0
+    rounds: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def docids(self) -> list[str]:
+        return [c.docid for c in self.hits]
+
+
+class _NoReference(Verifier):
+    """The verifier as a reranking window sees it: the env asks for the AR target on reset (to score
+    agreement), which a reranker has no use for, so ``target_ranking`` answers the presentation order
+    and costs nothing; everything else (and the cost counters) is the wrapped verifier's."""
+
+    def __init__(self, inner: Verifier) -> None:
+        self.inner = inner
+        self.stats = inner.stats
+        self.name = inner.name
+
+    def __getattr__(self, name: str) -> Any:  # clear_cache, passage_tokens, ... of the real verifier
+        return getattr(self.__dict__["inner"], name)
+
+    def _first_token(self, task: RankingTask) -> np.ndarray:
+        return self.inner.first_token_scores(task)
+
+    def _verify_rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
+        return self.inner.verify(task, ranking).logprobs
+
+    def first_token_scores(self, task: RankingTask) -> np.ndarray:
+        return self.inner.first_token_scores(task)
+
+    def verify(self, task, ranking):
+        return self.inner.verify(task, ranking)
+
+    def verify_batch(self, requests):
+        return self.inner.verify_batch(requests)
+
+    def target_ranking(self, task: RankingTask) -> np.ndarray:
+        return np.arange(task.n, dtype=np.int64)
+
+    def decode_target(self, task: RankingTask) -> np.ndarray:
+        return self.inner.decode_target(task)
+
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint()
+
+
+class _Query:
+    """A query in flight: its working list, the windows still to rank, and its cost so far."""
+
+    def __init__(self, request: QueryHits, spec: WindowSpec, labels: Mapping[str, int] | None) -> None:
+        self.request = request
+        self.hits = list(request.hits)
+        self.labels = labels
+        spans = spec.spans(len(self.hits))
+        self.todo = deque((p, s, e) for p in range(spec.passes) for s, e in spans)
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+        self.result = RerankResult(request.qid, request.query, ())
+
+    def charge(self, passes: int, tokens: float) -> None:
+        self.result.llm_passes += passes
+        self.result.tokens += int(round(tokens))
+
+    def finish(self) -> RerankResult:
+        r = self.result
+        r.hits = tuple(self.hits)
+        r.wall_ms = 1000.0 * (time.perf_counter() - self.started)
+        r.cpu_ms = 1000.0 * (time.process_time() - self.cpu_started)
+        return r
+
+
+@dataclass
+class _Window:
+    """One window's episode: the env, its own copy of the method (methods keep per-task state), the
+    latest observation."""
+
+    query: _Query
+    span: tuple[int, int]
+    env: RSDRankEnv
+    method: RankingMethod
+    obs: dict[str, np.ndarray] | None = None
+    rounds: int = 0
+    done: bool = False
+    ranking: np.ndarray | None = None  # set by a non-episodic method's own ``rank``
+
+
+class SlidingWindowReranker:
+    """Reranks queries with ``method`` at budget ``budget`` in sliding windows; ``batch`` queries at a time.
+
+    ``method``: a ``RankingMethod`` or a ``make_method`` spec (``"heuristic"``, ``"ar"``,
+    ``"agent:<checkpoint>"``, any name in ``agents.methods.METHODS``). ``verifier``: a ``Verifier`` or a
+    ``make_verifier`` spec. ``batch = 1`` ranks one query at a time (the latency of a lone query).
+    """
+
+    def __init__(self, method: RankingMethod | str, verifier: Verifier | Any = "bundled",
+                 spec: WindowSpec | None = None, budget: int = 2, batch: int = 16) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be an integer >= 1 (verification rounds per window), got {budget!r}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an integer >= 1 (queries in flight), got {batch!r}")
+        self.method = make_method(method) if isinstance(method, str) else method
+        self.method.cold = False  # a deployed reranker keeps its caches; each window is a new prompt anyway
+        self.verifier = make_verifier(verifier)
+        self.spec = spec or WindowSpec()
+        self.budget = budget
+        self.batch = batch
+        self._view = _NoReference(self.verifier)
+        self.seconds = 0.0  # wall time of the last ``rerank`` call
+        # AR and other methods that do not run the episode protocol rank a window with their own ``rank``
+        self._episodic = type(self.method).rank is RankingMethod.rank
+
+    def rerank(self, requests: Sequence[QueryHits], qrels: Mapping[str, Mapping[str, int]] | None = None,
+               on_result: Callable[[RerankResult], None] | None = None, progress: bool = False
+               ) -> list[RerankResult]:
+        """Rerank every request; results in the requests' order. ``on_result`` is called as each query
+        completes (e.g. to save it), in completion order. ``qrels`` only label the window tasks (the
+        simulated LLM reads them; real LLMs never see them)."""
+        ids = [r.qid for r in requests]
+        if len(set(ids)) != len(ids):
+            dup = next(q for q in ids if ids.count(q) > 1)
+            raise ValueError(f"query {dup!r} appears more than once in the input; give each query once")
+        pending = deque(requests)
+        active: list[_Window] = []
+        results: dict[str, RerankResult] = {}
+        bar = tqdm(total=len(requests), desc=f"rerank {self.method.name}", unit="query", disable=not progress)
+        started = time.perf_counter()
+        try:
+            while pending or active:
+                while pending and len(active) < self.batch:
+                    request = pending.popleft()
+                    query = _Query(request, self.spec, qrels.get(request.qid) if qrels else None)
+                    window = self._open(query)
+                    if window is None:
+                        self._done(query, results, on_result, bar)
+                    else:
+                        active.append(window)
+                self._round([w for w in active if self._wants_round(w)])
+                still: list[_Window] = []
+                for w in active:
+                    if not w.done and self._wants_round(w):
+                        still.append(w)
+                        continue
+                    self._close(w)  # window finished: its query moves on to its next window, or is done
+                    nxt = self._open(w.query)
+                    if nxt is None:
+                        self._done(w.query, results, on_result, bar)
+                    else:
+                        still.append(nxt)
+                active = still
+                bar.set_postfix(windows=len(active))
+        finally:
+            bar.close()
+        self.seconds = time.perf_counter() - started
+        return [results[q] for q in ids]
+
+    # ---- one window's episode ------------------------------------------------------------------------
+    def _open(self, query: _Query) -> _Window | None:
+        """The query's next window, reset (its prompt prefilled); ``None`` when the query is done.
+
+        Non-episodic methods (AR) rank the whole window here."""
+        while query.todo:
+            p, start, end = query.todo.popleft()
+            hits = tuple(query.hits[start:end])
+            task = RankingTask(f"{query.request.qid}#p{p}:{start}-{end}", "ir", hits, query=query.request.query,
+                               qrels=query.labels)
+            env = RSDRankEnv({"tasks": [task], "verifier": self._view, "n": self.spec.window,
+                              "budget": self.budget, "task_order": "cycle"})
+            method = copy.copy(self.method)
+            before = self.verifier.stats.snapshot()
+            window = _Window(query, (start, end), env, method)
+            query.result.windows += 1
+            if not self._episodic:
+                window.ranking = method.rank(env, task.task_id).ranking
+                window.done = True
+            else:
+                window.obs, _ = env.reset(options={"task_id": task.task_id})
+                method.start(env, task)
+            cost = self.verifier.stats.since(before)
+            query.charge(cost.forward_passes, cost.tokens)
+            if window.done or not self._wants_round(window):
+                self._close(window)
+                continue
+            return window
+        return None
+
+    def _wants_round(self, w: _Window) -> bool:
+        return (not w.done and w.rounds < min(w.method.rounds(w.env), self.budget)
+                and not w.method.should_stop(w.obs, w.env))
+
+    def _round(self, windows: Sequence[_Window]) -> None:
+        """One verification round of every window in ``windows``, in one batched LLM call."""
+        if not windows:
+            return
+        proposals = [w.env.propose(w.method.act(w.obs, w.env)) for w in windows]
+        before = self.verifier.stats.snapshot()
+        verdicts = self.verifier.verify_batch([(w.env.task, r) for w, r in zip(windows, proposals)])
+        cost = self.verifier.stats.since(before)
+        sizes = np.array([w.env.task.n for w in windows], dtype=np.float64)
+        for w, v, share in zip(windows, verdicts, sizes / sizes.sum()):
+            w.obs, _, terminated, _, _ = w.env.apply_verification(v)
+            w.rounds += 1
+            w.done = w.done or bool(terminated)
+            w.query.charge(1 if cost.forward_passes else 0, share * cost.tokens)
+            w.query.result.rounds += 1
+
+    def _close(self, w: _Window) -> None:
+        """Write the window's output back into its query's list."""
+        start, end = w.span
+        task = w.env.tasks[0]
+        ranking = w.ranking if w.ranking is not None else w.env.committed_ranking()
+        w.query.hits[start:end] = [task.candidates[j] for j in ranking]
+        w.done = True
+
+    @staticmethod
+    def _done(query: _Query, results: dict[str, RerankResult], on_result, bar) -> None:
+        result = query.finish()
+        results[result.qid] = result
+        if on_result is not None:
+            on_result(result)
+        bar.update(1)
+
+
+def rerank(requests: Sequence[QueryHits], method: RankingMethod | str = "heuristic", budget: int = 2,
+           verifier: Verifier | Any = "bundled", top: int = 100, window: int = 20, stride: int = 10,
+           passes: int = 1, batch: int = 16, qrels: Mapping[str, Mapping[str, int]] | None = None,
+           progress: bool = False) -> list[RerankResult]:
+    """Rerank first-stage results (``rsd_env.data.trec.read_rank_llm`` / ``read_trec_run``) in sliding
+    windows; the Python face of ``rsd-rerank``."""
+    reranker = SlidingWindowReranker(method, verifier, WindowSpec(top, window, stride, passes), budget, batch)
+    return reranker.rerank(requests, qrels=qrels, progress=progress)

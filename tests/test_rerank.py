@@ -1,0 +1,263 @@
+"""rsd-rerank on the simulated verifier: window arithmetic, batching, file round trips, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import experiments.rerank as cli
+from agents.rerank import SlidingWindowReranker, WindowSpec, rerank
+from rsd_env.data.task import RankingTask
+from rsd_env.data.trec import QueryHits, load_bundled, read_rank_llm, read_trec_run
+from rsd_env.metrics import ndcg_at_k
+from rsd_env.verifiers import SimulatedVerifier
+
+
+@pytest.fixture(scope="module")
+def dl19():
+    queries, qrels = load_bundled("dl19")
+    return queries[:6], qrels
+
+
+def _docids(results):
+    return {r.qid: r.docids for r in results}
+
+
+# ---- window arithmetic -------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, depth, expected, alone", [
+    (WindowSpec(), 100, [(80, 100), (70, 90), (60, 80), (50, 70), (40, 60), (30, 50), (20, 40), (10, 30), (0, 20)],
+     set()),
+    (WindowSpec(top=25), 100, [(5, 25), (0, 15)], set()),  # top not a multiple of the stride
+    (WindowSpec(), 12, [(0, 12)], set()),  # fewer candidates than the window
+    (WindowSpec(top=100), 35, [(15, 35), (5, 25), (0, 15)], set()),  # top deeper than the run
+    (WindowSpec(top=11, window=10, stride=10), 100, [(1, 11)], {0}),  # rank_llm's (0, 1): nothing to rank
+    (WindowSpec(window=4, stride=4, top=8), 8, [(4, 8), (0, 4)], set()),
+    (WindowSpec(passes=2, top=30), 100, [(10, 30), (0, 20)] * 2, set()),
+    (WindowSpec(), 1, [], {0}),
+])
+def test_window_spans(spec, depth, expected, alone):
+    spans = [(s, e) for _ in range(spec.passes) for s, e in spec.spans(depth)]
+    assert spans == expected
+    covered = {i for s, e in spans for i in range(s, e)}
+    assert covered | alone == set(range(min(spec.top, depth)))  # every reranked position is in a window
+    assert all(2 <= e - s <= spec.window for s, e in spans)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"window": 30}, "larger than the 26 single-token identifiers"),
+    ({"stride": 25}, "stride 25 > window 20"),
+    ({"window": 1}, "at least 2"),
+    ({"top": 0}, "top must be an integer >= 1"),
+    ({"passes": 1.5}, "passes must be an integer"),
+])
+def test_bad_window_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WindowSpec(**kwargs)
+
+
+# ---- the reranker ------------------------------------------------------------------------------------
+def test_reranks_top_only_keeps_every_hit_and_lifts_ndcg(dl19):
+    queries, qrels = dl19
+    results = rerank(queries, "heuristic", 2, "simulated", top=30, qrels=qrels, batch=4)
+    for q, r in zip(queries, results):
+        assert r.qid == q.qid and sorted(r.docids) == sorted(h.docid for h in q.hits)
+        assert r.docids[30:] == [h.docid for h in q.hits[30:]]  # below --top: the first-stage order
+        assert r.docids[:30] != [h.docid for h in q.hits[:30]]
+        assert r.windows == 2 and r.rounds == 4 and r.llm_passes == 6 and r.tokens > 0
+        assert r.wall_ms > 0 and r.cpu_ms > 0
+    bm25 = np.mean(list(ndcg_at_k({q.qid: [h.docid for h in q.hits] for q in queries}, qrels, 10).values()))
+    ours = np.mean(list(ndcg_at_k(_docids(results), qrels, 10).values()))
+    assert ours > bm25 + 0.1  # the simulated LLM reads the labels: reranking must surface them
+
+
+def test_each_window_is_the_methods_ranking(dl19):
+    """One window = one episode: AR over a 20-hit list is exactly the target of that window's task."""
+    queries, _ = dl19
+    verifier = SimulatedVerifier()
+    q = queries[0]
+    [ar] = rerank([q], "ar", 1, verifier, top=20)
+    [std] = rerank([q], "std", 1, verifier, top=20)
+    task = RankingTask(f"{q.qid}#p0:0-20", "ir", q.hits[:20], query=q.query)
+    assert ar.docids[:20] == [q.hits[j].docid for j in verifier.target_ranking(task)]
+    assert std.docids[:20] == [q.hits[j].docid for j in verifier.single_token_ranking(task)]
+    assert (ar.llm_passes, std.llm_passes, std.rounds) == (20, 1, 0)
+
+
+def _count_batches(verifier) -> list[int]:
+    """Record the size of every ``verify_batch`` call on ``verifier``."""
+    sizes: list[int] = []
+    inner = verifier.verify_batch
+
+    def counted(requests):
+        sizes.append(len(requests))
+        return inner(requests)
+
+    verifier.verify_batch = counted
+    return sizes
+
+
+@pytest.mark.parametrize("method", ["heuristic", "sd", "ar", "random"])
+def test_batching_across_queries_changes_cost_not_output(dl19, method):
+    queries, qrels = dl19
+    outputs, calls = {}, {}
+    for batch in (1, 6):
+        verifier = SimulatedVerifier()
+        sizes = _count_batches(verifier)
+        reranker = SlidingWindowReranker(method, verifier, WindowSpec(top=40), budget=2, batch=batch)
+        outputs[batch] = _docids(reranker.rerank(queries, qrels=qrels))
+        calls[batch] = len(sizes)
+        assert max(sizes, default=0) <= batch
+    assert outputs[1] == outputs[6]
+    if method != "ar":  # one verify_batch per round across queries instead of one call per window
+        assert calls[6] * 3 <= calls[1]
+
+
+def test_a_learned_agent_plugs_in_and_must_match_the_window(tmp_path, capsys):
+    import gymnasium as gym
+
+    import agents
+
+    env = gym.make("RSDRankSim-v0", config={"budget": 2, "n": 10, "data": {"count": 4}})
+    model = agents.make("ppo", env, n_steps=8, batch_size=8, seed=0,
+                        policy_kwargs={"d_model": 8, "n_layers": 1, "n_heads": 2})
+    path = agents.save_agent(model, tmp_path / "ppo")
+    args = ["--dataset", "dl19", "--max-queries", "2", "--method", f"agent:{path}", "--top", "30"]
+    out = _run([*args, "--window", "10", "--stride", "5"], tmp_path)
+    assert len(read_rank_llm(out / "rerank.jsonl")) == 2
+    _expect_error(capsys, [*args, "--output", str(tmp_path / "o")], "trained for 10 candidates; use --window 10")
+
+
+def test_duplicate_queries_are_an_error(dl19):
+    queries, _ = dl19
+    with pytest.raises(ValueError, match="more than once"):
+        rerank([queries[0], queries[0]], "std", 1, "simulated")
+
+
+# ---- command line: files in and out ----------------------------------------------------------------------
+def _trec_inputs(tmp: Path, queries: list[QueryHits], depth: int = 30) -> list[str]:
+    run = [f"{q.qid} Q0 {h.docid} {i} {100 - i} bm25" for q in queries for i, h in enumerate(q.hits[:depth], 1)]
+    docs = {h.docid: h.text for q in queries for h in q.hits[:depth]}
+    (tmp / "run.trec").write_text("\n".join(run) + "\n")
+    (tmp / "collection.tsv").write_text("".join(f"{d}\t{t}\n" for d, t in docs.items()))
+    (tmp / "queries.tsv").write_text("".join(f"{q.qid}\t{q.query}\n" for q in queries))
+    return ["--run", str(tmp / "run.trec"), "--collection", str(tmp / "collection.tsv"),
+            "--queries", str(tmp / "queries.tsv")]
+
+
+def _run(args, tmp: Path, name: str = "out", *extra) -> Path:
+    out = tmp / name
+    assert cli.main([*args, "--verifier", "simulated", "--output", str(out), "--no-progress", *extra]) == 0
+    return out
+
+
+def test_trec_round_trip(dl19, tmp_path):
+    queries, _ = dl19
+    args = _trec_inputs(tmp_path, queries[:3])
+    out = _run(args, tmp_path, "out", "--top", "25", "--method", "sd")
+    again = read_trec_run(out / "run.trec", tmp_path / "collection.tsv", tmp_path / "queries.tsv")
+    results = read_rank_llm(out / "rerank.jsonl")
+    assert [q.qid for q in again] == [q.qid for q in queries[:3]] == [r.qid for r in results]
+    for a, r, q in zip(again, results, queries):
+        assert [h.docid for h in a.hits] == [h.docid for h in r.hits]
+        assert sorted(h.docid for h in a.hits) == sorted(h.docid for h in q.hits[:30])
+        assert [h.text for h in r.hits] == [dict((c.docid, c.text) for c in q.hits)[h.docid] for h in r.hits]
+    # the reranked run is itself a valid input (e.g. a second pass)
+    assert _run(["--run", str(out / "run.trec"), *args[2:]], tmp_path, "second").is_dir()
+
+
+def test_rank_llm_round_trip_and_qrels(dl19, tmp_path, capsys):
+    queries, qrels = dl19
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps({"query": q.query, "hits": [
+        {"qid": q.qid, "docid": h.docid, "rank": i, "score": h.score, "content": h.text}
+        for i, h in enumerate(q.hits, 1)]}) + "\n" for q in queries[:3]))
+    qrels_path = tmp_path / "qrels.txt"
+    qrels_path.write_text("".join(f"{q} 0 {d} {g}\n" for q, docs in qrels.items() for d, g in docs.items()))
+    out = _run(["--input", str(path), "--qrels", str(qrels_path)], tmp_path)
+    printed = capsys.readouterr().out
+    assert "first_stage NDCG@10" in printed and "reranked    NDCG@10" in printed and "full qrels" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reranked"]["queries"] == 3 and summary["reranked"]["NDCG@10"] > summary["first_stage"]["NDCG@10"]
+    assert summary["llm_passes_per_query"] == 27 and summary["windows_per_query"] == 9
+    back = read_rank_llm(out / "rerank.jsonl")  # rank_llm Result records read back as requests
+    expected = rerank(queries[:3], "heuristic", 2, "simulated", qrels=qrels)
+    assert [[h.docid for h in b.hits] for b in back] == [r.docids for r in expected]
+    assert [h.text for h in back[0].hits] == [h.text for h in expected[0].hits]
+    assert back[0].query == queries[0].query
+
+
+def test_bm25_ndcg_matches_trec_eval_on_full_qrels():
+    queries, qrels = load_bundled("dl19")
+    metrics = cli.trec_metrics({q.qid: [h.docid for h in q.hits] for q in queries}, qrels)
+    assert metrics["queries"] == 43 and round(metrics["NDCG@10"], 4) == 0.5058
+
+
+def test_resume_after_interruption_gives_the_same_output(dl19, tmp_path, monkeypatch):
+    queries, _ = dl19
+    args = _trec_inputs(tmp_path, queries)
+    full = _run(args, tmp_path, "full", "--batch", "2")
+    add = cli.RunWriter.add
+
+    def add_then_stop(self, result):
+        add(self, result)
+        if len(self.done) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.RunWriter, "add", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _run(args, tmp_path, "part", "--batch", "2")
+    part = tmp_path / "part"
+    assert len(read_rank_llm(part / "rerank.jsonl")) == 3  # complete queries only
+    assert len({line.split()[0] for line in (part / "run.trec").read_text().splitlines()}) == 3
+    monkeypatch.setattr(cli.RunWriter, "add", add)
+    _run(args, tmp_path, "part", "--batch", "2")
+    assert (part / "run.trec").read_text() == (full / "run.trec").read_text()
+    assert json.loads((part / "summary.json").read_text())["queries_this_session"] == 3
+    _run(args, tmp_path, "part", "--max-queries", "2")  # asking for fewer queries drops no completed one
+    assert (part / "run.trec").read_text() == (full / "run.trec").read_text()
+    assert json.loads((part / "summary.json").read_text())["queries_this_session"] == 0
+    # other settings on the same output folder: an error, not a silently mixed run
+    assert cli.main([*args, "--verifier", "simulated", "--output", str(part), "--budget", "1"]) == 2
+
+
+# ---- bad inputs -----------------------------------------------------------------------------------------
+def _expect_error(capsys, argv, *needles):
+    assert cli.main([*argv, "--verifier", "simulated", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_bad_inputs_name_the_problem(dl19, tmp_path, capsys):
+    queries, _ = dl19
+    args = _trec_inputs(tmp_path, queries[:2])
+    out = ["--output", str(tmp_path / "o")]
+    coll, qs, run = tmp_path / "collection.tsv", tmp_path / "queries.tsv", tmp_path / "run.trec"
+    lines = coll.read_text().splitlines()
+    (tmp_path / "short.tsv").write_text("\n".join(lines[1:]) + "\n")
+    _expect_error(capsys, [*args[:2], "--collection", str(tmp_path / "short.tsv"), *args[4:], *out],
+                  "missing from", lines[0].split("\t")[0])
+    (tmp_path / "q1.tsv").write_text(qs.read_text().splitlines()[0] + "\n")
+    _expect_error(capsys, [*args[:4], "--queries", str(tmp_path / "q1.tsv"), *out],
+                  f"query {queries[1].qid!r} is missing from")
+    (tmp_path / "empty.trec").write_text("")
+    _expect_error(capsys, ["--run", str(tmp_path / "empty.trec"), *args[2:], *out], "no ranked documents")
+    first, *rest = run.read_text().splitlines()
+    fields = first.split()
+    fields[3] = "first"
+    (tmp_path / "bad.trec").write_text("\n".join([" ".join(fields), *rest]) + "\n")
+    _expect_error(capsys, ["--run", str(tmp_path / "bad.trec"), *args[2:], *out], "bad.trec")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    _expect_error(capsys, ["--input", str(tmp_path / "empty.jsonl"), *out], "no queries found")
+    (tmp_path / "bad.jsonl").write_text('{"query": "q", "hits": [\n')
+    _expect_error(capsys, ["--input", str(tmp_path / "bad.jsonl"), *out], "line 1: malformed JSON")
+    _expect_error(capsys, ["--input", str(tmp_path / "nothere.jsonl"), *out], "no such file")
+    _expect_error(capsys, [*args, "--window", "30", *out], "larger than the 26 single-token identifiers")
+    _expect_error(capsys, [*args, "--method", "nosuch", *out], "unknown method 'nosuch'")
+    _expect_error(capsys, [*args, "--dataset", "dl19", *out], "exactly one input")
+    _expect_error(capsys, ["--run", str(run), *out], "--collection")
+    _expect_error(capsys, [*args, "--budget", "0", *out], "budget must be an integer >= 1")
+    assert not (tmp_path / "o" / "rerank.jsonl").exists()  # nothing half-written by a failed start
