@@ -300,7 +300,14 @@ class SlidingWindowReranker:
             w.query.result.rounds += 1
 
     def _close(self, w: _Window) -> None:
-        """Write the window's output back into its query's list."""
+        """Commit the window's final ranking and write it back into its query's list.
+
+        The commit step (a decode of the last verified rows, no LLM pass) runs here, as in
+        ``RankingMethod.rank``: without it the last verification's rows would be thrown away.
+        """
+        env = w.env
+        if w.ranking is None and (env.in_commit_step or (not w.done and env.end_verification())):
+            w.obs, *_ = env.step(w.method.act(env.observation(), env))
         start, end = w.span
         task = w.env.tasks[0]
         ranking = w.ranking if w.ranking is not None else w.env.committed_ranking()

@@ -86,6 +86,24 @@ def test_each_window_is_the_methods_ranking(dl19):
     assert (ar.llm_passes, std.llm_passes, std.rounds) == (20, 1, 0)
 
 
+@pytest.mark.parametrize("method", ["heuristic", "stale-aware", "sd-decode", "sd"])
+def test_a_window_ends_with_the_methods_commit_step(dl19, method):
+    """A decoder's window output is its episode's final ranking, the commit step (a decode of the last
+    verified rows) included, not the last proposal."""
+    from agents.methods import make_method
+    from rsd_env.env import RSDRankEnv
+
+    queries, _ = dl19
+    verifier = SimulatedVerifier()
+    q = queries[0]
+    task = RankingTask(f"{q.qid}#p0:0-20", "ir", q.hits[:20], query=q.query)
+    env = RSDRankEnv({"tasks": [task], "verifier": verifier, "budget": 1})
+    expected = make_method(method).rank(env, task.task_id)
+    [got] = rerank([q], method, 1, verifier, top=20)
+    assert got.docids[:20] == expected.docids
+    assert got.llm_passes == expected.llm_passes == 2
+
+
 def _count_batches(verifier) -> list[int]:
     """Record the size of every ``verify_batch`` call on ``verifier``."""
     sizes: list[int] = []
@@ -244,7 +262,7 @@ def test_bad_inputs_name_the_problem(dl19, tmp_path, capsys):
     _expect_error(capsys, [*args[:4], "--queries", str(tmp_path / "q1.tsv"), *out],
                   f"query {queries[1].qid!r} is missing from")
     (tmp_path / "empty.trec").write_text("")
-    _expect_error(capsys, ["--run", str(tmp_path / "empty.trec"), *args[2:], *out], "no ranked documents")
+    _expect_error(capsys, ["--run", str(tmp_path / "empty.trec"), *args[2:], *out], "empty.trec", "is empty")
     first, *rest = run.read_text().splitlines()
     fields = first.split()
     fields[3] = "first"
@@ -254,7 +272,7 @@ def test_bad_inputs_name_the_problem(dl19, tmp_path, capsys):
     _expect_error(capsys, ["--input", str(tmp_path / "empty.jsonl"), *out], "no queries found")
     (tmp_path / "bad.jsonl").write_text('{"query": "q", "hits": [\n')
     _expect_error(capsys, ["--input", str(tmp_path / "bad.jsonl"), *out], "line 1: malformed JSON")
-    _expect_error(capsys, ["--input", str(tmp_path / "nothere.jsonl"), *out], "no such file")
+    _expect_error(capsys, ["--input", str(tmp_path / "nothere.jsonl"), *out], "nothere.jsonl", "does not exist")
     _expect_error(capsys, [*args, "--window", "30", *out], "larger than the 26 single-token identifiers")
     _expect_error(capsys, [*args, "--method", "nosuch", *out], "unknown method 'nosuch'")
     _expect_error(capsys, [*args, "--dataset", "dl19", *out], "exactly one input")
