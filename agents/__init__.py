@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-__all__ = ["make", "algorithm_class", "save_agent", "load_agent", "ALGORITHMS"]
+from rsd_env.io import atomic_path, write_json
+
+__all__ = ["make", "algorithm_class", "save_agent", "load_agent", "agent_meta", "ALGORITHMS"]
 
 # short names -> "module:Class"
 ALGORITHMS: dict[str, str] = {
@@ -78,16 +81,46 @@ def make(name: str, env: Any, **kwargs: Any) -> BaseAlgorithm:
     return cls(policy, env, **kwargs)
 
 
-def save_agent(model: BaseAlgorithm, path: str | Path) -> Path:
-    """``model.save(path)`` plus a small ``<path>.json`` naming the algorithm, so ``load_agent`` needs no hint."""
+AGENT_META = "rsd_agent.json"  # inside the zip: SB3's loader reads only "data" and "*.pth" entries
+
+
+def save_agent(model: BaseAlgorithm, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """``model.save(path)`` atomically, with metadata naming the algorithm, so ``load_agent`` needs no hint.
+
+    The zip is written to a temp file and renamed, so a kill mid-write leaves the previous checkpoint. The
+    metadata (algorithm, timesteps, ``meta``) is stored inside the zip, atomic with the weights, and copied
+    to ``<path>.json`` for people and older readers.
+    """
     path = Path(path)
     if path.suffix != ".zip":
         path = path.with_suffix(".zip")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    algo = f"{type(model).__module__}:{type(model).__name__}"
-    path.with_suffix(".json").write_text(json.dumps({"algorithm": algo, "num_timesteps": model.num_timesteps}))
+    info = {"algorithm": f"{type(model).__module__}:{type(model).__name__}",
+            "num_timesteps": int(model.num_timesteps), **(meta or {})}
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(AGENT_META, json.dumps(info))
+    write_json(path.with_suffix(".json"), info)
     return path
+
+
+def agent_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata ``save_agent`` stored in a checkpoint (falls back to the ``.json`` beside older zips)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if AGENT_META in archive.namelist():
+                return json.loads(archive.read(AGENT_META))
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable agent checkpoint ({err}); it may be truncated by an "
+                         "interrupted write: use another checkpoint or retrain") from err
+    sidecar = path.with_suffix(".json")
+    if not sidecar.exists():
+        raise ValueError(f"{path} has no {sidecar.name} saying which algorithm made it; pass algorithm=")
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{sidecar} is not valid JSON ({err}); pass algorithm= to load {path.name}") from err
 
 
 def load_agent(path: str | Path, algorithm: str | None = None, env: Any = None, **kwargs: Any) -> BaseAlgorithm:
@@ -98,8 +131,9 @@ def load_agent(path: str | Path, algorithm: str | None = None, env: Any = None, 
     if not path.exists():
         raise FileNotFoundError(f"no agent checkpoint at {path}")
     if algorithm is None:
-        meta = path.with_suffix(".json")
-        if not meta.exists():
-            raise ValueError(f"{path} has no {meta.name} saying which algorithm made it; pass algorithm=")
-        algorithm = json.loads(meta.read_text())["algorithm"]
-    return algorithm_class(algorithm).load(path, env=env, **kwargs)
+        algorithm = agent_meta(path)["algorithm"]
+    try:
+        return algorithm_class(algorithm).load(path, env=env, **kwargs)
+    except (zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise ValueError(f"{path} is not a readable agent checkpoint ({err!r}); it may be truncated by an "
+                         "interrupted write: use another checkpoint or retrain") from err

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import KVWriter
+from stable_baselines3.common.logger import CSVOutputFormat, KVWriter
 
 from agents.methods import AgentMethod, evaluate, summarize
 
@@ -35,18 +36,32 @@ class _Every(BaseCallback):
 
 
 class CheckpointEvery(_Every):
-    """Saves ``last`` (overwritten; resume reads it) and a numbered copy in ``keep_dir``."""
+    """Saves ``last`` (overwritten; resume reads it) and a numbered copy in ``keep_dir``, atomically.
+
+    The save waits for the next rollout boundary (after the update that follows the crossing), when the
+    weights, optimizer, timestep count and sampling generator all describe the same moment: a run resumed
+    from it takes exactly the steps the uninterrupted run took.
+    """
 
     def __init__(self, every: int, last: Path, keep_dir: Path | None = None) -> None:
         super().__init__(every)
         self.last, self.keep_dir = Path(last), keep_dir
+        self._due = False
 
     def fire(self) -> None:
+        self._due = True
+
+    def _on_rollout_start(self) -> None:
+        if self._due:
+            self._due = False
+            self.save()
+
+    def save(self) -> None:
         from agents import save_agent
 
-        save_agent(self.model, self.last)
         if self.keep_dir is not None:
             save_agent(self.model, Path(self.keep_dir) / f"model_{self.num_timesteps}.zip")
+        save_agent(self.model, self.last)
 
 
 class RankingEvalCallback(_Every):
@@ -57,11 +72,11 @@ class RankingEvalCallback(_Every):
     """
 
     def __init__(self, eval_env, task_ids: list[str], every: int, best_path: Path | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, best: float = -np.inf) -> None:
         super().__init__(every)
         self.eval_env, self.task_ids = eval_env.unwrapped, list(task_ids)
         self.best_path, self.log_path = best_path, log_path
-        self.best = -np.inf
+        self.best = best  # a resumed run passes the score its best.zip was saved with
         self.last_result: dict[str, Any] = {}
 
     def fire(self) -> None:
@@ -72,15 +87,16 @@ class RankingEvalCallback(_Every):
         for key in ("final_agreement", "kendall_tau", "spearman_rho", "ndcg@10", "wall_ms"):
             if key in summary:
                 self.logger.record(f"eval/{key}", summary[key])
-        if self.log_path is not None:
-            with open(self.log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(self.last_result) + "\n")
         if summary["final_agreement"] > self.best:
             self.best = summary["final_agreement"]
             if self.best_path is not None:
                 from agents import save_agent
 
-                save_agent(self.model, self.best_path)
+                # the score goes into the checkpoint itself, so a resumed run compares against it
+                save_agent(self.model, self.best_path, meta={"eval": self.last_result})
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(self.last_result) + "\n")
 
     def _on_training_end(self) -> None:
         # the last periodic evaluation may predate the final update: evaluate the model that is saved
@@ -102,3 +118,35 @@ class WandbWriter(KVWriter):
 
     def close(self) -> None:
         pass
+
+
+class ResumableCSVWriter(CSVOutputFormat):
+    """SB3's ``progress.csv`` writer that continues an interrupted run's file instead of truncating it.
+
+    Rows logged after ``until_timesteps`` (the checkpoint a run resumes from) are dropped, since those
+    steps are taken again; the kept rows stay and new rows are appended under the same header.
+    """
+
+    def __init__(self, filename: str | Path, until_timesteps: int | None = None) -> None:
+        path = Path(filename)
+        if until_timesteps is None or not path.exists():
+            super().__init__(str(path))
+            return
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        header, body = (rows[0], rows[1:]) if rows else ([], [])
+        step = header.index("time/total_timesteps") if "time/total_timesteps" in header else None
+        kept = [r for r in body if len(r) == len(header) and (step is None or _num(r[step]) <= until_timesteps)]
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh, lineterminator="\n").writerows([header, *kept] if header else [])
+        self.file = open(path, "r+", encoding="utf-8")
+        self.file.seek(0, 2)
+        self.keys = list(header)
+        self.separator, self.quotechar = ",", '"'
+
+
+def _num(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")

@@ -4,22 +4,34 @@
 
 A run lives in ``<run_dir>/<run_name>/``: ``config.yaml``, ``checkpoints/last.zip`` (+ ``.json``),
 ``best.zip`` (best held-out agreement), ``model.zip`` (final), ``eval.jsonl``, ``progress.csv``,
-``state.json`` (wandb run id) and ``wandb/``. Starting a run whose folder has a checkpoint resumes it:
-same timesteps, optimizer state, sampling stream and wandb run.
+``state.json`` (wandb run id, resume history) and ``wandb/``. Every checkpoint and config is written to a
+temp file and renamed, so a kill never leaves half a file.
+
+Starting a run whose folder has a checkpoint resumes it from the newest checkpoint that loads: same
+timesteps, optimizer state, sampling stream and wandb run; the steps after that checkpoint are redone
+(and their lines in ``eval.jsonl``/``progress.csv`` dropped). A resume may change only how long and how the
+run is watched (``RESUMABLE_CHANGES``); other changes are refused. One process at a time per run folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import numbers
 import os
+import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rsd_env.config import SIM_CONFIG as SIM_ENV_DEFAULTS
+from rsd_env.io import FolderLock, read_text, remove_stale_temps, write_text
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -65,23 +77,107 @@ class TrainConfig:
         return Path(self.run_dir) / self.name()
 
 
+_INT_KEYS = ("eval_freq", "total_timesteps", "n_envs", "seed", "checkpoint_freq", "verbose")
+_OPTIONAL_INT_KEYS = ("eval_tasks", "torch_threads")
+_BOOL_KEYS = ("batched", "resume", "progress_bar")
+_DICT_KEYS = ("env", "algo_kwargs", "policy_kwargs")
+_STR_KEYS = ("algo", "env_id", "run_dir")
+_MINIMUM = {"total_timesteps": 1, "n_envs": 1, "eval_freq": 0, "checkpoint_freq": 0, "eval_tasks": 1,
+            "torch_threads": 1, "verbose": 0}
+# what the trainer passes to the algorithm itself; algo_kwargs must not repeat them
+_RESERVED_ALGO_KWARGS = ("policy", "env", "seed", "verbose", "policy_kwargs", "_init_setup_model")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_types(raw: dict[str, Any]) -> None:
+    """Every key has the type it needs, so a typo fails here instead of as a TypeError deep in training."""
+    def fail(key: str, expected: str) -> None:
+        raise ValueError(f"{key} must be {expected}, got {raw[key]!r} ({type(raw[key]).__name__})")
+
+    for key in _INT_KEYS:
+        if key in raw and not _is_int(raw[key]):
+            fail(key, "an integer")
+    for key in _OPTIONAL_INT_KEYS:
+        if raw.get(key) is not None and not _is_int(raw[key]):
+            fail(key, "an integer or null")
+    for key in _BOOL_KEYS:
+        if key in raw and not isinstance(raw[key], bool):
+            fail(key, "true or false")
+    for key in _DICT_KEYS:
+        if key in raw and not isinstance(raw[key], dict):
+            fail(key, "a mapping, e.g. {key: value}")
+    if raw.get("eval_env") is not None and not isinstance(raw["eval_env"], dict):
+        fail("eval_env", "a mapping or null")
+    for key in _STR_KEYS:
+        if key in raw and not isinstance(raw[key], str):
+            fail(key, "a string")
+    if raw.get("run_name") is not None and not isinstance(raw["run_name"], str):
+        fail("run_name", "a string or null")
+    for key, low in _MINIMUM.items():
+        if raw.get(key) is not None and raw[key] < low:
+            raise ValueError(f"{key} must be >= {low}, got {raw[key]}")
+
+
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from nested dicts; unknown keys are errors that list the valid ones."""
+    """A TrainConfig from nested dicts; unknown keys, wrong types and bad values are errors that say which."""
     raw = dict(raw or {})
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(raw) - valid)
     if unknown:
         raise ValueError(f"unknown train config keys {unknown}; valid keys: {sorted(valid)}")
-    wandb_raw = dict(raw.pop("wandb", None) or {})
+    wandb_raw = raw.pop("wandb", None) or {}
+    if not isinstance(wandb_raw, dict):
+        raise ValueError(f"wandb must be a mapping, got {wandb_raw!r}")
     wandb_valid = {f.name for f in dataclasses.fields(WandbConfig)}
     if set(wandb_raw) - wandb_valid:
         raise ValueError(f"unknown wandb keys {sorted(set(wandb_raw) - wandb_valid)}; valid: {sorted(wandb_valid)}")
+    _check_types(raw)
     config = TrainConfig(**raw, wandb=WandbConfig(**wandb_raw))
     if config.wandb.mode not in WANDB_MODES:
         raise ValueError(f"wandb mode must be one of {WANDB_MODES}, got {config.wandb.mode!r}")
-    if config.total_timesteps < 1:
-        raise ValueError(f"total_timesteps must be >= 1, got {config.total_timesteps}")
     return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Everything that can be checked without loading data or models: the algorithm and its keyword
+    arguments, the env id and both env configs. Runs before anything is written."""
+    import gymnasium as gym
+
+    import agents
+    import rsd_env  # noqa: F401  (registers the ids)
+    from rsd_env.config import resolve_config
+
+    cls = agents.algorithm_class(config.algo)
+    params = inspect.signature(cls.__init__).parameters
+    reserved = sorted(set(config.algo_kwargs) & set(_RESERVED_ALGO_KWARGS))
+    if reserved:
+        raise ValueError(f"algo_kwargs {reserved} are set by rsd-train itself; use the top-level keys "
+                         "(seed, verbose, policy_kwargs) instead")
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        accepted = set(params) - {"self", *_RESERVED_ALGO_KWARGS}
+        unknown = sorted(set(config.algo_kwargs) - accepted)
+        if unknown:
+            raise ValueError(f"unknown algo_kwargs {unknown} for {cls.__name__}; valid: {sorted(accepted)}")
+    try:
+        spec = gym.spec(config.env_id)
+    except gym.error.Error as err:
+        raise ValueError(f"unknown env_id {config.env_id!r} ({err}); use RSDRank-v0 or RSDRankSim-v0") from err
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    if entry.startswith("rsd_env."):
+        base = {**(SIM_ENV_DEFAULTS if entry.endswith("RSDRankSimEnv") else {}), **(spec.kwargs.get("config") or {})}
+        for name, env_config in (("env", config.env), ("eval_env", eval_env_config(config))):
+            try:
+                resolve_config({**base, **env_config})
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{name}: {err}") from err
+
+
+def eval_env_config(config: TrainConfig) -> dict[str, Any]:
+    """The held-out env: ``env`` with split "test", then ``eval_env``'s keys."""
+    return {**config.env, "split": "test", **(config.eval_env or {})}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -99,7 +195,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[part]
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = " ".join(str(getattr(err, "problem", "") or err).split())
+            raise ValueError(f"--set {key}: {value!r} is not a valid YAML value ({problem}); quote strings "
+                             "and close brackets, e.g. --set 'env.budget=2'") from err
     return raw
 
 
@@ -109,16 +210,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no train config at {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(read_text(path, "train config")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML ({err}); fix the file") from err
         if not isinstance(raw, dict):
             raise ValueError(f"{path} must hold a YAML mapping of train config keys")
     defaults = dataclasses.asdict(TrainConfig())
     merged = {**defaults, **raw, "wandb": {**defaults["wandb"], **(raw.get("wandb") or {})}}
-    return config_from_dict(apply_overrides(merged, overrides or []))
+    config = config_from_dict(apply_overrides(merged, overrides or []))
+    validate(config)
+    return config
 
 
 # ---- envs ----------------------------------------------------------------------------------------
-def make_env(env_id: str, env_config: dict[str, Any]):
+def make_env(env_id: str, env_config: dict[str, Any]) -> Any:
     """``gym.make(env_id, config=...)`` with ``env_config`` layered over the id's registered config."""
     import gymnasium as gym
 
@@ -141,69 +247,253 @@ def make_vec_env(config: TrainConfig, env):
     return venv
 
 
-# ---- the run -------------------------------------------------------------------------------------
-def train(config: TrainConfig) -> Path:
-    """Train (or resume) the run described by ``config``; returns the final model's path."""
+# ---- the run folder -------------------------------------------------------------------------------
+# keys that may change when a run resumes (how long and how it is watched); any other change is refused
+RESUMABLE_CHANGES = ("total_timesteps", "eval_freq", "checkpoint_freq", "progress_bar", "verbose", "torch_threads",
+                     "resume", "run_dir", "run_name", "wandb")
+_CHECKPOINT_PATTERN = "model_*.zip"
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two config dicts: ``{key: (old, new)}``."""
+    a, b = _flat(old), _flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """Resume candidates, preferred first: ``last.zip``, then the numbered copies, newest first."""
+    folder = run / "checkpoints"
+    numbered = sorted(folder.glob(_CHECKPOINT_PATTERN), key=lambda p: _step_of(p), reverse=True)
+    return [p for p in [folder / "last.zip", *numbered] if p.exists()]
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _say(message: str) -> None:
+    print(f"rsd-train: {message}", file=sys.stderr, flush=True)
+
+
+def _truncate_jsonl(path: Path, until_timesteps: int) -> None:
+    """Drop evaluation lines logged after the checkpoint a run resumes from (those steps are redone)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in read_text(path, "evaluation log").splitlines():
+        try:
+            if json.loads(line)["timesteps"] <= until_timesteps:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def _start_over(run: Path) -> None:
+    """Move a previous run's files out of the way (or delete them if it never reached a checkpoint)."""
+    previous = [p for p in run.iterdir() if p.name != LOCK_NAME]
+    if not previous:
+        return
+    if not list(run.rglob("*.zip")):
+        for p in previous:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _say(f"starting over in {run} (the previous attempt ended before its first checkpoint)")
+        return
+    aside = run.parent / f"{run.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=False)
+    for p in previous:
+        p.rename(aside / p.name)
+    _say(f"starting over in {run}; the previous run's files were moved to {aside}")
+
+
+LOCK_NAME = ".lock"
+
+
+@dataclass
+class Session:
+    """A prepared run: its folder (locked), envs, model and where it resumed from."""
+
+    config: TrainConfig
+    run: Path
+    lock: FolderLock
+    model: Any
+    eval_env: Any
+    resumed_from: Path | None
+    state: dict[str, Any]
+    best: float
+
+
+def prepare(config: TrainConfig) -> Session:
+    """Everything before the first training step; fails with a ``ValueError``/``OSError`` that says what to fix.
+
+    Order: validate the config, build the envs (data, verifier), lock the run folder (a second concurrent
+    run into it is refused), then resume from the newest checkpoint that loads or start a new run.
+    Nothing is written before the envs exist, and a folder this call created is removed if it fails.
+    """
     import torch
+
+    import agents
+
+    validate(config)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    env = make_env(config.env_id, config.env)
+    eval_env = make_env(config.env_id, eval_env_config(config)).unwrapped
+    train_env = env if config.algo == "rpo" else make_vec_env(config, env)  # RPO builds its own vector env
+
+    run = config.path()
+    created = not run.exists()
+    lock = FolderLock(run, LOCK_NAME, what="rsd-train run").acquire()
+    try:
+        for folder in (run, run / "checkpoints"):  # temp files of a writer killed mid-write
+            if folder.exists():
+                remove_stale_temps(folder)
+        model, resumed_from = None, None
+        if config.resume:
+            model, resumed_from = _resume(config, run, train_env)
+        if model is None:
+            _start_over(run)
+            try:
+                model = agents.make(config.algo, train_env, seed=config.seed, verbose=config.verbose,
+                                    policy_kwargs=dict(config.policy_kwargs), **config.algo_kwargs)
+            except TypeError as err:
+                raise ValueError(f"cannot build {config.algo} with algo_kwargs {config.algo_kwargs} and "
+                                 f"policy_kwargs {config.policy_kwargs}: {err}") from err
+        state = _read_state(run) if resumed_from is not None else {}
+        best = -float("inf")
+        if resumed_from is not None:
+            steps = int(model.num_timesteps)
+            _truncate_jsonl(run / "eval.jsonl", steps)
+            if (run / "best.zip").exists():
+                try:
+                    best = float(agents.agent_meta(run / "best.zip")["eval"]["final_agreement"])
+                except (ValueError, KeyError, TypeError):
+                    _say("best.zip records no evaluation score; the next evaluation replaces it")
+            previous = yaml.safe_load(read_text(run / "config.yaml", "run config"))
+            changed = config_changes(previous, dataclasses.asdict(config))
+            if changed:
+                state.setdefault("resumes", []).append(
+                    {"timesteps": steps, "changed": {k: list(v) for k, v in changed.items()}})
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_text(run / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    return Session(config, run, lock, model, eval_env, resumed_from, state, best)
+
+
+def _read_state(run: Path) -> dict[str, Any]:
+    path = run / "state.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(read_text(path, "run state"))
+    except ValueError:
+        _say(f"{path} is unreadable; the resumed run gets a new wandb run")
+        return {}
+
+
+def _resume(config: TrainConfig, run: Path, train_env) -> tuple[Any, Path | None]:
+    """The newest checkpoint that loads (saying so when it is not ``last.zip``), after refusing a changed config."""
+    import agents
+
+    candidates = checkpoints(run)
+    if not candidates:
+        return None, None
+    saved = run / "config.yaml"
+    if saved.exists():
+        try:
+            previous = yaml.safe_load(read_text(saved, "run config")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{saved} is unreadable ({err}); rerun with --no-resume to start over") from err
+        changed = {k: v for k, v in config_changes(previous, dataclasses.asdict(config)).items()
+                   if k.split(".")[0] not in RESUMABLE_CHANGES}
+        if changed:
+            listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"{run} was trained with other settings ({listing}); a resumed run keeps its "
+                             "settings, so rerun with --no-resume to start over (the old run is moved aside) "
+                             "or pick a new --run-name")
+    failures = []
+    for path in candidates:
+        try:
+            model = agents.load_agent(path, env=train_env)
+        except Exception as err:  # noqa: BLE001  (any unreadable checkpoint: try the next one)
+            failures.append(f"{path.name} ({type(err).__name__}: {err})")
+            continue
+        if failures:
+            _say(f"could not load {', '.join(failures)}; resuming from {path} at {model.num_timesteps} steps")
+        return model, path
+    raise ValueError(f"no checkpoint in {run / 'checkpoints'} loads: {'; '.join(failures)}; rerun with "
+                     "--no-resume to start over")
+
+
+# ---- the run -------------------------------------------------------------------------------------
+def learn(session: Session) -> Path:
+    """Train the prepared run to ``total_timesteps``; returns the final model's path. Releases the lock."""
     import wandb
     from stable_baselines3.common.callbacks import CallbackList
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger, make_output_format
     from wandb.integration.sb3 import WandbCallback
 
     import agents
-    from agents.callbacks import CheckpointEvery, RankingEvalCallback, WandbWriter
+    from agents.callbacks import CheckpointEvery, RankingEvalCallback, ResumableCSVWriter, WandbWriter
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    run = config.path()
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    state_file = run / "state.json"
+    config, run, model, state = session.config, session.run, session.model, session.state
+    resuming = session.resumed_from is not None
     last = run / "checkpoints" / "last.zip"
-    resuming = config.resume and last.exists()
-    state = json.loads(state_file.read_text()) if resuming and state_file.exists() else {}
-
-    env = make_env(config.env_id, config.env)
-    eval_config = {**config.env, "split": "test", **(config.eval_env or {})}
-    eval_env = make_env(config.env_id, eval_config).unwrapped
-    if config.algo == "rpo":
-        train_env = env  # RPO builds its own RSDVecEnv of tasks_per_batch * (group_size + 1) copies
-    else:
-        train_env = make_vec_env(config, env)
-
-    if resuming:
-        model = agents.load_agent(last, env=train_env)
-    else:
-        model = agents.make(config.algo, train_env, seed=config.seed, verbose=config.verbose,
-                            policy_kwargs=dict(config.policy_kwargs), **config.algo_kwargs)
-
-    wandb_run = wandb.init(project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-                           tags=config.wandb.tags, name=config.name(), id=state.get("wandb_id"), resume="allow",
-                           dir=str(run), mode=config.wandb.mode, config=dataclasses.asdict(config))
-    state["wandb_id"] = wandb_run.id
-    state_file.write_text(json.dumps(state))
-
-    logger = configure(str(run), ["stdout", "csv"] if config.verbose else ["csv"])
-    logger.output_formats.append(WandbWriter(wandb_run))
-    model.set_logger(logger)
-
-    task_ids = [t.task_id for t in eval_env.tasks[: config.eval_tasks]]
-    callbacks = CallbackList([
-        CheckpointEvery(config.checkpoint_freq, last, keep_dir=run / "checkpoints"),
-        RankingEvalCallback(eval_env, task_ids, config.eval_freq, best_path=run / "best.zip",
-                            log_path=run / "eval.jsonl"),
-        WandbCallback(verbose=0),
-    ])
-    remaining = config.total_timesteps - model.num_timesteps
     try:
-        if remaining > 0:
-            model.learn(remaining, callback=callbacks, progress_bar=config.progress_bar,
-                        reset_num_timesteps=not resuming, tb_log_name=config.name())
-        final = agents.save_agent(model, run / "model.zip")
-        agents.save_agent(model, last)
+        wandb_run = wandb.init(project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
+                               tags=config.wandb.tags, name=config.name(), id=state.get("wandb_id"),
+                               resume="allow", dir=str(run), mode=config.wandb.mode,
+                               config=dataclasses.asdict(config))
+        state["wandb_id"] = wandb_run.id
+        write_text(run / "state.json", json.dumps(state, indent=1))
+        outputs = [ResumableCSVWriter(run / "progress.csv", model.num_timesteps if resuming else None),
+                   WandbWriter(wandb_run)]
+        if config.verbose:
+            outputs.insert(0, make_output_format("stdout", str(run)))
+        model.set_logger(Logger(str(run), outputs))
+
+        task_ids = [t.task_id for t in session.eval_env.tasks[: config.eval_tasks]]
+        callbacks = CallbackList([
+            CheckpointEvery(config.checkpoint_freq, last, keep_dir=run / "checkpoints"),
+            RankingEvalCallback(session.eval_env, task_ids, config.eval_freq, best_path=run / "best.zip",
+                                log_path=run / "eval.jsonl", best=session.best),
+            WandbCallback(verbose=0),
+        ])
+        remaining = config.total_timesteps - model.num_timesteps
+        try:
+            if remaining > 0:
+                model.learn(remaining, callback=callbacks, progress_bar=config.progress_bar,
+                            reset_num_timesteps=not resuming, tb_log_name=config.name())
+            final = agents.save_agent(model, run / "model.zip")
+            agents.save_agent(model, last)
+        finally:
+            model.logger.close()
+            wandb_run.finish()
     finally:
-        wandb_run.finish()
+        session.lock.release()
     return final
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) the run described by ``config``; returns the final model's path."""
+    return learn(prepare(config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,10 +517,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("resume=false")
     try:
         config = load_config(args.config, overrides)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         parser.error(str(err))
     os.environ.setdefault("WANDB_SILENT", "true")
-    path = train(config)
+    try:
+        session = prepare(config)
+    except (ValueError, OSError) as err:  # bad data or model, a locked or incompatible run folder
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    if session.resumed_from is not None:
+        print(f"resuming {session.run} from {session.resumed_from.name} at {session.model.num_timesteps} steps")
+    path = learn(session)
     print(f"trained agent: {path}")
     return 0
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import re
 import sys
 import time
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 import rsd_env  # noqa: F401  (registers the envs)
 from experiments import report
 from experiments.anytime import RoundControl, agent_value_fn
+from experiments.run_folder import RunFolder
 from experiments.stats import mean_ci, paired_test
 from rsd_env.env import RSDRankEnv
 from rsd_env.metrics import agreement_metrics, ndcg_at_k
@@ -89,11 +91,15 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown dataset(s) {unknown}; choose from {sorted(self.dataset_specs)} "
                              "(or add one under dataset_specs in the config)")
-        bad = [t for t in self.budgets if isinstance(t, bool) or not isinstance(t, int) or t < 1]
+        bad = [t for t in self.budgets if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1]
         if bad or not self.budgets:
             raise ValueError(f"budgets must be integers >= 1, got {self.budgets}")
+        self.budgets = [int(t) for t in self.budgets]
         if not self.methods:
             raise ValueError("no methods to evaluate")
+        if self.max_tasks is not None and (isinstance(self.max_tasks, bool)
+                                           or not isinstance(self.max_tasks, numbers.Integral) or self.max_tasks < 1):
+            raise ValueError(f"max_tasks must be an integer >= 1 (or left out for all tasks), got {self.max_tasks!r}")
 
 
 @dataclass
@@ -331,10 +337,29 @@ def _compare(cells, groups, cfg: EvalConfig, labels: Sequence[str]) -> None:
 
 def evaluate(cfg: EvalConfig, factory: Callable[..., Any] | None = None, progress: bool = True,
              write: bool = True) -> dict[str, Any]:
-    """Run the grid; returns the results dict (and writes every output file atomically at the end)."""
+    """Run the grid; returns the results dict and (``write``) commits every output file at the end.
+
+    The methods are built (bad names and checkpoints fail) before the output folder is touched; outputs are
+    staged and replace the previous run's only when the whole grid is done (``RunFolder``), and a second
+    concurrent run into the same folder is refused.
+    """
     cfg.validate()
-    out = report.ensure_writable(cfg.output) if write else None
     entries = build_methods(cfg, factory)
+    folder = RunFolder(cfg.output) if write else None
+    staging = folder.open() if folder is not None else None
+    try:
+        results = _run_grid(cfg, entries, progress)
+        if folder is not None:
+            write_outputs(results, staging, [e.label for e in entries], cfg)
+            folder.commit({"run": "rsd-eval", "started": results["started"], "config": results["config"]})
+    except BaseException:
+        if folder is not None:
+            folder.discard()
+        raise
+    return results
+
+
+def _run_grid(cfg: EvalConfig, entries: list[MethodEntry], progress: bool) -> dict[str, Any]:
     started = time.time()
     records: list[dict[str, Any]] = []
     verifier_name = None
@@ -349,11 +374,9 @@ def evaluate(cfg: EvalConfig, factory: Callable[..., Any] | None = None, progres
         records += dataset_records
     labels = [e.label for e in entries]
     cells = summarise(records, cfg, labels)
-    results = {"config": dataclasses.asdict(cfg), "verifier": verifier_name,
-               "seconds": round(time.time() - started, 1), "cells": cells, "tasks": records}
-    if write:
-        write_outputs(results, out, labels, cfg)
-    return results
+    return {"config": dataclasses.asdict(cfg), "verifier": verifier_name,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "seconds": round(time.time() - started, 1), "cells": cells, "tasks": records}
 
 
 def write_outputs(results: dict[str, Any], out: Path, labels: Sequence[str], cfg: EvalConfig) -> None:

@@ -16,6 +16,7 @@ import argparse
 import copy
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,14 +66,14 @@ def train_config(cfg: dict[str, Any]):
                              [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in items.items()])
 
 
-def run(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+def run(cfg: dict[str, Any], progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """Train (or resume) the agent, then evaluate it with every baseline; returns the evaluation results."""
     from agents.train import train
 
     out = ensure_writable(cfg["output"])
     e = cfg["eval"]
     tcfg = train_config(cfg)
-    tcfg.progress_bar = progress
+    tcfg.progress_bar, tcfg.resume = progress, resume
     start = time.perf_counter()
     os.environ.setdefault("WANDB_SILENT", "true")
     checkpoint = train(tcfg)
@@ -99,10 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--quick", action="store_true", help="smoke-sized run")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="retrain even if the agent's run has a checkpoint")
     args = p.parse_args(argv)
-    extra = {"verifier_kwargs": parse_key_values(args.verifier_arg)} if args.verifier_arg else {}
-    cfg = load_config(args.config, args.verifier, args.quick, output=args.output, seed=args.seed, **extra)
-    results = run(cfg, progress=not args.no_progress)
+    try:
+        extra = {"verifier_kwargs": parse_key_values(args.verifier_arg)} if args.verifier_arg else {}
+        cfg = load_config(args.config, args.verifier, args.quick, output=args.output, seed=args.seed, **extra)
+        results = run(cfg, progress=not args.no_progress, resume=not args.no_resume)
+    except (ValueError, OSError) as err:  # bad settings, data or checkpoints; a busy or incompatible run folder
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
     labels = list(dict.fromkeys(r["method"] for r in results["tasks"]))
     print(markdown_tables(results["cells"], cfg["eval"]["datasets"], labels))
     t = results["timings_s"]

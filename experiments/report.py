@@ -10,12 +10,15 @@ import csv
 import io
 import json
 import math
-import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from rsd_env.io import atomic_path, write_text
+
+__all__ = ["atomic_path", "write_text", "write_json", "write_csv", "write_trec_run", "ensure_writable",
+           "markdown_tables", "flat_cell"]
 
 AGREEMENT = ("kendall_tau", "spearman_rho", "footrule", "kemeny")  # footrule/kemeny: distances, lower = better
 HIGHER_IS_BETTER = ("kendall_tau", "spearman_rho")
@@ -34,37 +37,6 @@ def ensure_writable(folder: str | Path) -> Path:
         raise OSError(f"output directory {str(path)!r} is not writable ({err.strerror or err}); "
                       "choose another with --output") from err
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temp path next to ``path``; renamed onto ``path`` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are for everyone to read
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    return Path(path)
 
 
 def _jsonable(x: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,13 @@ SIM_CONFIG: dict[str, Any] = {"dataset": "synthetic", "split": "train", "verifie
 REWARDS = ("spearman", "kendall")
 
 
+def _integer(value: Any, key: str, minimum: int, meaning: str) -> int:
+    """``value`` as a plain int (NumPy integers included), or a ValueError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum} ({meaning}), got {value!r}")
+    return int(value)
+
+
 def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults updated with ``overrides``; unknown keys and bad values are errors, not ignored."""
     config = dict(DEFAULT_CONFIG)
@@ -45,17 +53,18 @@ def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(config)}")
     config.update(overrides)
-    max_budget = config["max_budget"]
-    if not _is_int(max_budget) or max_budget < 1:
-        raise ValueError(f"max_budget must be an integer >= 1 (rounds the observation holds), got {max_budget!r}")
+    max_budget = config["max_budget"] = _integer(config["max_budget"], "max_budget", 1,
+                                                 "rounds the observation holds")
     lo, hi = budget_range(config["budget"])
     if hi > max_budget:
         raise ValueError(f"budget {config['budget']!r} exceeds max_budget={max_budget}; raise max_budget "
                          f"(the observation's round axis) or lower the budget")
+    config["budget"] = lo if _is_int(config["budget"]) else [lo, hi]  # plain ints (NumPy integers accepted)
     if not isinstance(config["commit_step"], bool):
         raise ValueError(f"commit_step must be True or False, got {config['commit_step']!r}")
-    if not isinstance(config["n"], int) or config["n"] < 2:
-        raise ValueError(f"n must be an integer >= 2, got {config['n']!r}")
+    config["n"] = _integer(config["n"], "n", 2, "candidates per task")
+    if config["max_tasks"] is not None:
+        config["max_tasks"] = _integer(config["max_tasks"], "max_tasks", 1, "or None for all tasks")
     if config["reward"] not in REWARDS:
         raise ValueError(f"unknown reward {config['reward']!r}; choose one of {REWARDS}")
     if config["task_order"] not in ("random", "cycle"):

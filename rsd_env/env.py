@@ -21,6 +21,7 @@ from gymnasium import spaces
 
 from rsd_env.config import SIM_CONFIG, budget_range, resolve_config
 from rsd_env.data import RankingTask, load_tasks
+from rsd_env.data.task import check_unique_task_ids
 from rsd_env.metrics import agreement, agreement_metrics, kendall_tau, ndcg_at_k
 from rsd_env.verifiers import Verification, Verifier, make_verifier
 from rsd_env.verifiers.base import episode_passes
@@ -88,6 +89,7 @@ class RSDRankEnv(gym.Env):
         else:
             tasks = load_tasks(c["dataset"], c["split"], c["n"], seed=c["seed"], **c["data"])
         tasks = tasks[: c["max_tasks"]] if c["max_tasks"] is not None else tasks
+        check_unique_task_ids(tasks, "config 'tasks'" if c["tasks"] is not None else c["dataset"])
         too_big = [t.task_id for t in tasks if t.n > self.n]
         if too_big:
             raise ValueError(f"{len(too_big)} tasks have more than n={self.n} candidates "
@@ -177,7 +179,11 @@ class RSDRankEnv(gym.Env):
             raise RuntimeError("the episode is over (ranking committed or fully verified); call reset()")
 
     def _order(self, action) -> np.ndarray:
-        scores = np.asarray(action, dtype=np.float64)
+        scores = np.asarray(action)
+        if scores.dtype.kind not in "iuf":  # strings, objects and bools are not scores, even if they parse
+            raise ValueError(f"action must be numeric item scores (a float array of shape ({self.n},)); got "
+                             f"dtype {scores.dtype}: fix the policy's output")
+        scores = scores.astype(np.float64)
         if scores.shape != (self.n,):
             raise ValueError(f"action must be {self.n} item scores, shape ({self.n},); got {scores.shape}")
         if not np.all(np.isfinite(scores[: self.task.n])):

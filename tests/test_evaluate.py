@@ -131,7 +131,7 @@ def test_interrupted_run_leaves_no_half_written_results(tmp_path):
     cfg = config(tmp_path, methods=["std", "sd"], datasets=["synthetic"], budgets=[1])
     evaluate(cfg, progress=False)
     out = Path(cfg.output)
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    before = _files(out)
     calls = {"n": 0}
 
     class Crashes:
@@ -146,8 +146,14 @@ def test_interrupted_run_leaves_no_half_written_results(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         evaluate(config(tmp_path, methods=["std", "crashes"], datasets=["synthetic"], budgets=[1]),
                  progress=False, factory=lambda s: Crashes() if s == "crashes" else make_method(s))
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert not list(out.rglob("*.tmp"))
+    assert _files(out) == before
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".staging-*"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every output file (not the hidden lock) by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def test_cli_quick_simulated(tmp_path, capsys):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 
 from rsd_env.data.movielens import read_movielens, recommendation_tasks
 from rsd_env.data.sampling import ir_tasks, synthetic_tasks
-from rsd_env.data.task import Candidate, RankingTask
+from rsd_env.data.task import Candidate, RankingTask, check_unique_task_ids
 from rsd_env.data.trec import load_bundled, read_qrels, read_rank_llm, read_trec_run
 
 # Which bundled collection each split of "trec-dl" means; override with ``splits=``.
@@ -46,6 +47,9 @@ def load_tasks(
     - ``synthetic``: ``count`` text-free tasks with seeded labels.
     IR options: ``sampling`` = top | windows | random, ``samples_per_query``, ``stride``, ``shuffle``.
     """
+    if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, numbers.Integral)
+                                  or max_tasks < 1):
+        raise ValueError(f"max_tasks must be an integer >= 1 or None (all tasks), got {max_tasks!r}")
     if dataset == "synthetic":
         tasks = synthetic_tasks(count, n, split, seed)
     elif dataset in ("ml-100k", "ml-1m"):
@@ -60,6 +64,7 @@ def load_tasks(
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
     if not tasks:
         raise ValueError(f"{dataset}/{split} gave no tasks with n={n}")
+    check_unique_task_ids(tasks, f"{dataset}/{split}" + (f" ({path})" if path is not None else ""))
     return tasks[:max_tasks] if max_tasks is not None else tasks
 
 

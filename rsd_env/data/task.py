@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,3 +62,12 @@ class RankingTask:
         if self.held_out is not None:
             return {d: int(d == self.held_out) for d in self.docids}
         return {}
+
+
+def check_unique_task_ids(tasks: Sequence[RankingTask], source: str) -> None:
+    """Task ids key targets and results, so two tasks with one id would be scored against each other."""
+    counts = Counter(t.task_id for t in tasks)
+    repeated = sorted(k for k, c in counts.items() if c > 1)
+    if repeated:
+        raise ValueError(f"{source}: {len(repeated)} task ids appear more than once (e.g. {repeated[:3]}); every "
+                         "task needs its own id")

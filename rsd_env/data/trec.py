@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from rsd_env.data.task import Candidate
+from rsd_env.io import read_text
 
 BUNDLED_TREC = {"dl19": ("trec_dl19", "qrels.dl19-passage.txt"), "dl20": ("trec_dl20", "qrels.dl20-passage.txt")}
 
@@ -33,13 +34,29 @@ def _bundled_dir(name: str) -> Path:
 def _candidate_text(hit: dict) -> str:
     """rank_llm has used several keys for the passage text over its versions."""
     if "content" in hit:
-        return str(hit["content"])
+        return _text(hit["content"], "content")
     doc = hit.get("doc", hit)
     for key in ("contents", "text", "segment", "content"):
         if key in doc:
             title = doc.get("title")
-            return f"{title}: {doc[key]}" if title else str(doc[key])
+            text = _text(doc[key], key)
+            return f"{title}: {text}" if title else text
     raise KeyError("no passage text (expected 'content', or 'doc' with 'contents'/'text'/'segment')")
+
+
+def _text(value, key: str) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        raise _BadPassage(f"passage text {key!r} is {json.dumps(value)[:60]}, not a string; give every hit "
+                          "its passage text (or drop the hit)")
+    return str(value)
+
+
+class _BadPassage(ValueError):
+    pass
+
+
+_RECORD_SHAPES = ("{'query': str, 'hits': [{'qid', 'docid', 'content', 'score'}]} or "
+                  "{'query': {'qid', 'text'}, 'candidates': [{'docid', 'doc': {...}, 'score'}]}")
 
 
 def _parse_record(obj: dict, where: str) -> QueryHits:
@@ -50,26 +67,31 @@ def _parse_record(obj: dict, where: str) -> QueryHits:
             raw = obj["hits"]
             qid = str(obj.get("qid", raw[0].get("qid") if raw else None))
             query = str(obj["query"])
-        hits = tuple(
-            Candidate(str(h["docid"]), _candidate_text(h), float(h["score"]) if "score" in h else None)
-            for h in raw
-        )
-    except (KeyError, TypeError, IndexError) as err:
-        raise ValueError(
-            f"{where}: not a rank_llm record ({err!r}); expected {{'query': str, 'hits': [{{'docid', "
-            "'content', 'score'}}]}} or {{'query': {{'qid', 'text'}}, 'candidates': [...]}}"
-        ) from err
+        hits = []
+        for k, h in enumerate(raw):
+            try:
+                hits.append(Candidate(str(h["docid"]), _candidate_text(h), float(h["score"]) if "score" in h else None))
+            except _BadPassage as err:
+                raise ValueError(f"{where}: hit {k} (docid {h.get('docid')!r}): {err}") from None
+            except ValueError as err:
+                raise ValueError(f"{where}: hit {k} has a score that is not a number ({err})") from None
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ValueError(f"{where}: not a rank_llm record ({err!r}); expected {_RECORD_SHAPES}") from err
     if qid == "None":
         raise ValueError(f"{where}: record has no 'qid'; add one to the record or to its hits")
-    return QueryHits(qid, query, hits)
+    seen: dict[str, int] = {}
+    for k, h in enumerate(hits):
+        if h.docid in seen:
+            raise ValueError(f"{where}: docid {h.docid!r} is listed twice (hits {seen[h.docid]} and {k}); "
+                             "keep one")
+        seen[h.docid] = k
+    return QueryHits(qid, query, tuple(hits))
 
 
 def read_rank_llm(path: str | Path) -> list[QueryHits]:
-    """Queries from a rank_llm JSON list or JSON-lines file."""
+    """Queries from a rank_llm JSON list or JSON-lines file; one record per query id."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "rank_llm file")
     records: list[tuple[str, dict]] = []
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -87,13 +109,22 @@ def read_rank_llm(path: str | Path) -> list[QueryHits]:
                 raise ValueError(f"{path} line {lineno}: malformed JSON ({err.msg}); fix that line") from err
     if not records:
         raise ValueError(f"{path}: no queries found")
-    return [_parse_record(obj, where) for where, obj in records]
+    out, where_of = [], {}
+    for where, obj in records:
+        q = _parse_record(obj, where)
+        if q.qid in where_of:
+            raise ValueError(f"{where_of[q.qid]} and {where.removeprefix(str(path)).strip()}: query id {q.qid!r} "
+                             "appears twice, and task ids (targets, results) are keyed by it; merge the two "
+                             "records' hits into one or give one of them another qid")
+        where_of[q.qid] = where
+        out.append(q)
+    return out
 
 
 def read_qrels(path: str | Path, known_qids: set[str] | None = None) -> dict[str, dict[str, int]]:
     """TREC qrels ``qid 0 docid grade``; qids not in ``known_qids`` are an error, not dropped."""
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path, "qrels file").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -118,13 +149,27 @@ def read_trec_run(run_path: str | Path, collection_tsv: str | Path, queries_tsv:
     queries = _read_tsv(queries_tsv, "queries")
     collection = _read_tsv(collection_tsv, "collection")
     ranked: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
-    for lineno, line in enumerate(Path(run_path).read_text(encoding="utf-8").splitlines(), 1):
+    line_of: dict[tuple[str, str], int] = {}
+    for lineno, line in enumerate(read_text(run_path, "TREC run").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 6:
             raise ValueError(f"{run_path} line {lineno}: expected 'qid Q0 docid rank score tag', got {line!r}")
-        ranked[parts[0]].append((int(parts[3]), parts[2], float(parts[4])))
+        qid, _, docid, rank, score, _ = parts
+        try:
+            row = (int(rank), docid, float(score))
+        except ValueError:
+            field_, value = ("rank", rank) if not _is_int(rank) else ("score", score)
+            raise ValueError(f"{run_path} line {lineno}: {field_} {value!r} is not a number; expected "
+                             "'qid Q0 docid rank score tag'") from None
+        if (qid, docid) in line_of:
+            raise ValueError(f"{run_path} line {lineno}: docid {docid!r} of query {qid!r} was already ranked on "
+                             f"line {line_of[qid, docid]}; keep one")
+        line_of[qid, docid] = lineno
+        ranked[qid].append(row)
+    if not ranked:
+        raise ValueError(f"{run_path}: the TREC run is empty; expected lines 'qid Q0 docid rank score tag'")
     out = []
     for qid, rows in ranked.items():
         if qid not in queries:
@@ -140,7 +185,7 @@ def read_trec_run(run_path: str | Path, collection_tsv: str | Path, queries_tsv:
 
 def _read_tsv(path: str | Path, what: str) -> dict[str, str]:
     out = {}
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path, f"{what} TSV").splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition("\t")
@@ -148,6 +193,14 @@ def _read_tsv(path: str | Path, what: str) -> dict[str, str]:
             raise ValueError(f"{path} line {lineno}: {what} TSV needs 'id<TAB>text', got {line[:80]!r}")
         out[key] = value
     return out
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
 
 
 def load_bundled(name: str) -> tuple[list[QueryHits], dict[str, dict[str, int]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -31,11 +32,23 @@ def make_verifier(spec: Any = "bundled", **kwargs: Any) -> Verifier:
     if not isinstance(spec, str):
         raise TypeError(f"verifier spec must be a string, dict or Verifier, got {type(spec).__name__}")
     if spec == "simulated":
+        check_options(SimulatedVerifier, kwargs, spec)
         return SimulatedVerifier(**kwargs)
     key = f"{spec}|{sorted(kwargs.items())!r}"
     if key not in _SHARED:
         _SHARED[key] = _load(spec, kwargs)
     return _SHARED[key]
+
+
+def check_options(cls: type, kwargs: dict[str, Any], spec: str) -> None:
+    """Unknown verifier options are a ValueError listing the valid ones, not a TypeError from deep inside."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted(set(params) - {"self"})
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for verifier {spec!r}; valid options: {valid}")
 
 
 def _load(spec: str, kwargs: dict[str, Any]) -> Verifier:
@@ -52,15 +65,18 @@ def _load(spec: str, kwargs: dict[str, Any]) -> Verifier:
                 stacklevel=3,
             )
             kwargs = {**kwargs, "adapter": None}
+        check_options(HFVerifier, kwargs, spec)
         return HFVerifier(**kwargs)
     if spec.startswith("hf:"):
         from rsd_env.verifiers.hf import HFVerifier
 
         kwargs.setdefault("adapter", None)
+        check_options(HFVerifier, {"model": spec[3:], **kwargs}, spec)
         return HFVerifier(model=spec[3:], **kwargs)
     if spec.startswith("openai:"):
         from rsd_env.verifiers.server import OpenAIVerifier
 
+        check_options(OpenAIVerifier, {"base_url": spec[len("openai:"):], **kwargs}, spec)
         return OpenAIVerifier(base_url=spec[len("openai:"):], **kwargs)
     raise ValueError(
         f"unknown verifier {spec!r}; use 'bundled', 'simulated', 'hf:<model name or folder>', "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -37,9 +38,16 @@ from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS, check_passage_toke
 from rsd_env.verifiers.target_cache import TargetCache
 
 _RETRY_HTTP = {408, 429, 500, 502, 503, 504}
+log = logging.getLogger(__name__)
 
 
-class ServerError(RuntimeError):
+def _reason(err: Exception | None) -> str:
+    if isinstance(err, TimeoutError) or "timed out" in str(err):
+        return "no answer: timed out"
+    return str(getattr(err, "reason", None) or err)
+
+
+class ServerError(ConnectionError):
     """The server is unreachable or answered with an error after all retries."""
 
 
@@ -49,6 +57,9 @@ class OpenAIVerifier(Verifier):
     ``tokenizer`` must be the served model's tokenizer (``BUNDLED_MODEL``, a folder, a hub name, or a loaded
     tokenizer): the client builds token ids itself so that identifiers and prompt boundaries are exact.
     ``model``: the served model's name (default: the first one ``/v1/models`` lists).
+    ``timeout`` (seconds per attempt), ``retries`` and ``backoff`` (seconds, doubled per retry) bound how long
+    a silent server can stall a request: ``worst_case_seconds`` (47 s with the defaults). Each retry is
+    logged as a warning; raise ``timeout`` for a slow, busy server.
     """
 
     name = "openai"
@@ -60,8 +71,8 @@ class OpenAIVerifier(Verifier):
         tokenizer: Any = BUNDLED_MODEL,
         passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS,
         top_logprobs: int = 20,
-        timeout: float = 60.0,
-        retries: int = 3,
+        timeout: float = 15.0,
+        retries: int = 2,
         backoff: float = 0.5,
         api_key: str | None = None,
         target_cache: str | Path | bool = True,
@@ -83,6 +94,7 @@ class OpenAIVerifier(Verifier):
         self.passage_tokens = passage_tokens
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.max_workers = max(1, int(max_workers))
+        self.model = model if model is not None else self._first_model()  # before the tokenizer: fail fast
         if isinstance(tokenizer, str):
             source = str(bundled_model_dir()) if tokenizer == BUNDLED_MODEL else tokenizer
             self.tokenizer_name = tokenizer
@@ -90,7 +102,6 @@ class OpenAIVerifier(Verifier):
         else:  # an already loaded tokenizer
             self.tokenizer_name = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
             self.tokenizer = tokenizer
-        self.model = model if model is not None else self._first_model()
         self.missing_logprobs = 0
         self._first: OrderedDict[str, np.ndarray] = OrderedDict()
         self._targets = TargetCache.from_option(target_cache, cache_root() / "targets")
@@ -109,7 +120,10 @@ class OpenAIVerifier(Verifier):
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                wait = self.backoff * 2 ** (attempt - 1)
+                log.warning("verifier server %s: %s %s attempt %d/%d failed (%s); retrying in %.1f s",
+                            self.base_url, method, path, attempt, self.retries + 1, _reason(last), wait)
+                time.sleep(wait)
             req = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -131,10 +145,16 @@ class OpenAIVerifier(Verifier):
                     "OpenAI-compatible server?"
                 ) from err
         raise ServerError(
-            f"verifier server {self.base_url} unreachable after {self.retries + 1} attempts ({last}); start it "
-            "(e.g. `vllm serve <model> --enable-prefix-caching` or `python -m rsd_env.verifiers.serve_local`) "
-            "or fix base_url"
+            f"verifier server {self.base_url} unreachable after {self.retries + 1} attempts of {self.timeout:g} s "
+            f"({_reason(last)}); start it (e.g. `vllm serve <model> --enable-prefix-caching` or "
+            "`python -m rsd_env.verifiers.serve_local`), fix base_url, or give a slow server more time "
+            "(verifier option timeout=<seconds>, retries=<n>)"
         ) from last
+
+    @property
+    def worst_case_seconds(self) -> float:
+        """The longest one request can take before ``ServerError``: every attempt times out."""
+        return (self.retries + 1) * self.timeout + sum(self.backoff * 2 ** k for k in range(self.retries))
 
     def _first_model(self) -> str:
         data = self._request("GET", "/v1/models")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from rsd_env.io import write_json
 
 
 def target_key(fingerprint: str, prompt_ids: Sequence[int], n: int) -> str:
@@ -80,14 +80,5 @@ class TargetCache:
         return ranking
 
     def put(self, key: str, ranking: np.ndarray, meta: dict | None = None) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"ranking": [int(x) for x in ranking], **(meta or {})}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(payload, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(self._path(key), payload)
