@@ -22,11 +22,31 @@ from gymnasium import spaces
 from rsd_env.config import SIM_CONFIG, budget_range, resolve_config
 from rsd_env.data import RankingTask, load_tasks
 from rsd_env.data.task import check_unique_task_ids
-from rsd_env.metrics import agreement, agreement_metrics, kendall_tau, ndcg_at_k
+from rsd_env.metrics import agreement_batch, agreement_metrics_batch, ideal_dcg, ndcg_batch, positions_batch
 from rsd_env.verifiers import Verification, Verifier, make_verifier
 from rsd_env.verifiers.base import episode_passes
 
 LOGP_FLOOR = -30.0  # log-probs are clipped here so that observations stay bounded
+
+
+def label_gains(task: RankingTask, n: int) -> tuple[np.ndarray, float]:
+    """Per-item NDCG gains (the task's labels, padded to n with 0) and the task's ideal DCG@10."""
+    labels = task.relevance() if task.has_labels() else {}
+    gains = np.zeros(n)
+    gains[: task.n] = [labels.get(d, 0) for d in task.docids]
+    return gains, ideal_dcg(list(labels.values()))
+
+
+def draw_budget(requested: Any, budget_range: tuple[int, int], max_budget: int, rng: np.random.Generator) -> int:
+    """This episode's T: the reset option when given (validated), else drawn from the config's range."""
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) \
+                or not 1 <= requested <= max_budget:
+            raise ValueError(f"reset option budget must be an integer in 1..max_budget={max_budget}, "
+                             f"got {requested!r}; raise the config's max_budget for larger budgets")
+        return int(requested)
+    lo, hi = budget_range
+    return lo if lo == hi else int(rng.integers(lo, hi + 1))
 
 
 class RSDRankEnv(gym.Env):
@@ -133,6 +153,7 @@ class RSDRankEnv(gym.Env):
         self.budget = self._episode_budget(options.get("budget"))
         self._first = self.verifier.first_token_scores(task)
         self._target = self.target(task)
+        self._target_pos = positions_batch(self._target[None])
         self._committed = np.argsort(-self._first, kind="stable").astype(np.int64)
         self._locked = 0  # length of the verified prefix of the committed ranking
         self._round = 0
@@ -145,14 +166,7 @@ class RSDRankEnv(gym.Env):
         return self._observation(), info
 
     def _episode_budget(self, requested: Any) -> int:
-        if requested is not None:
-            if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) \
-                    or not 1 <= requested <= self.max_budget:
-                raise ValueError(f"reset option budget must be an integer in 1..max_budget={self.max_budget}, "
-                                 f"got {requested!r}; raise the config's max_budget for larger budgets")
-            return int(requested)
-        lo, hi = self.budget_range
-        return lo if lo == hi else int(self.np_random.integers(lo, hi + 1))
+        return draw_budget(requested, self.budget_range, self.max_budget, self.np_random)
 
     def step(self, action):
         if self._committing:
@@ -201,7 +215,8 @@ class RSDRankEnv(gym.Env):
         self._rows[self._round] = v.logprobs
         self._proposals[self._round, v.ranking] = np.arange(task.n)
         prefix = v.verified_prefix
-        rest = [j for j in v.ranking if j not in set(prefix.tolist())]
+        verified = set(prefix.tolist())
+        rest = [j for j in v.ranking if j not in verified]
         before = self._agreement(self._committed)
         self._committed = np.concatenate([prefix, np.asarray(rest, dtype=np.int64)])
         self._locked = len(prefix)
@@ -249,9 +264,8 @@ class RSDRankEnv(gym.Env):
 
     # ---- what the env reports ----------------------------------------------------------------
     def _agreement(self, ranking: np.ndarray) -> float:
-        if self.config["reward"] == "kendall":
-            return (kendall_tau(ranking, self._target) + 1.0) / 2.0
-        return agreement(ranking, self._target)
+        return float(agreement_batch(positions_batch(ranking[None]), self._target_pos, np.array([len(ranking)]),
+                                     self.config["reward"])[0])
 
     def committed_ranking(self) -> np.ndarray:
         """The output at this moment: verified prefix + the rest in the latest proposal's order."""
@@ -264,16 +278,17 @@ class RSDRankEnv(gym.Env):
             "final_ranking": self._committed.copy(),
             "final_docids": [task.candidates[j].docid for j in self._committed],
             "target_ranking": self._target.copy(),
-            **agreement_metrics(self._committed, self._target),
+            **{key: float(value[0]) for key, value in agreement_metrics_batch(
+                positions_batch(self._committed[None]), self._target_pos, np.array([task.n])).items()},
             "initial_agreement": self._initial_agreement,
             "final_agreement": self._agreement(self._committed),
             "rounds": self._round,
             "budget": self.budget,
             "llm_passes": episode_passes(self._round),  # prefill + one per verification; commit is free
         }
-        if task.has_labels():
-            summary["ndcg@10"] = ndcg_at_k({task.task_id: summary["final_docids"]},
-                                           {task.task_id: task.relevance()}, 10)[task.task_id]
+        if task.has_labels():  # trec_eval's NDCG@10 (equality with pytrec_eval is tested)
+            gains, ideal = label_gains(task, task.n)
+            summary["ndcg@10"] = float(ndcg_batch(self._committed[None], gains[None], np.array([ideal]))[0])
         return summary
 
     def _observation(self) -> dict[str, np.ndarray]:
