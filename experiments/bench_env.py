@@ -28,6 +28,7 @@ import numpy as np
 import rsd_env  # noqa: F401  (registers the envs)
 from experiments.evaluate import parse_key_values
 from rsd_env.env import RSDRankEnv
+from rsd_env.vector import RSDRankVectorEnv
 
 
 def peak_rss_mb() -> float:
@@ -68,6 +69,16 @@ def bench_single(env: RSDRankEnv, seconds: float, rng: np.random.Generator) -> t
         return steps
 
     return _timed(episode, seconds)
+
+
+def warm_targets(venv) -> None:
+    """Fill every env's target memo before timing, as for the single env (a SyncVectorEnv's envs each
+    have their own; the batched envs share one)."""
+    inner = getattr(venv, "vector_env", venv)
+    envs = [inner.env] if isinstance(inner, RSDRankVectorEnv) else [e.unwrapped for e in getattr(venv, "envs", [])]
+    for env in envs:
+        for task in env.tasks:
+            env.target(task)
 
 
 def bench_vector(venv, seconds: float, rng: np.random.Generator, seed: int) -> tuple[float, int]:
@@ -128,7 +139,9 @@ def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed:
         ("sb3_rsd_vec_env", 8, True, lambda: RSDVecEnv.from_env(env, 8)),
     ]
     for name, k, is_batched, build in candidates:
-        sps, steps = bench_vector(build(), seconds, rng, seed)
+        venv = build()
+        warm_targets(venv)
+        sps, steps = bench_vector(venv, seconds, rng, seed)
         emit("env_steps_per_s", envs=k, batched=is_batched, vec_env=name, steps_per_s=round(sps, 1),
              steps=steps, **base)
     emit("rpo_training_throughput", **bench_training(env, seconds, seed), **base)

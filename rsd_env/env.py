@@ -154,14 +154,20 @@ class RSDRankEnv(gym.Env):
         self._first = self.verifier.first_token_scores(task)
         self._target = self.target(task)
         self._target_pos = positions_batch(self._target[None])
+        self._size = np.array([task.n])
         self._committed = np.argsort(-self._first, kind="stable").astype(np.int64)
         self._locked = 0  # length of the verified prefix of the committed ranking
         self._round = 0
         self._committing = False  # the next step is the commit step
         self._done = False
         self._rows = np.zeros((self.max_budget, task.n, task.n))
+        # the observation's verified rows, filled round by round: neutral uniform log(1/m) until verified
+        self._verified_obs = np.full((self.max_budget, self.n, self.n), np.log(1.0 / task.n), dtype=np.float32)
+        self._verified_obs[:, :, task.n:] = LOGP_FLOOR
+        self._first_obs = np.full(self.n, LOGP_FLOOR, dtype=np.float32)
+        self._first_obs[: task.n] = np.clip(self._first, LOGP_FLOOR, 0.0)
         self._proposals = np.full((self.max_budget, task.n), -1, dtype=np.int64)
-        self._initial_agreement = self._agreement(self._committed)
+        self._initial_agreement = self._now = self._agreement(self._committed)  # _now: of the committed ranking
         info = {"task_id": task.task_id, "agreement": self._initial_agreement, "budget": self.budget}
         return self._observation(), info
 
@@ -213,15 +219,17 @@ class RSDRankEnv(gym.Env):
         if self._committing or self._done:
             raise RuntimeError("no verification is expected now (commit step or episode over)")
         self._rows[self._round] = v.logprobs
+        self._verified_obs[self._round, : task.n, : task.n] = np.clip(v.logprobs, LOGP_FLOOR, 0.0)
         self._proposals[self._round, v.ranking] = np.arange(task.n)
         prefix = v.verified_prefix
         verified = set(prefix.tolist())
         rest = [j for j in v.ranking if j not in verified]
-        before = self._agreement(self._committed)
+        before = self._now
         self._committed = np.concatenate([prefix, np.asarray(rest, dtype=np.int64)])
         self._locked = len(prefix)
         self._round += 1
-        reward = self._agreement(self._committed) - before
+        self._now = self._agreement(self._committed)
+        reward = self._now - before
         if self._locked >= task.n:
             self._done = True  # everything verified: nothing left to commit
         elif self._round >= self.budget:
@@ -239,12 +247,12 @@ class RSDRankEnv(gym.Env):
         if not self._committing:
             raise RuntimeError("not the commit step: it follows the last verification (see in_commit_step)")
         ranking = self._order(action)
-        before = self._agreement(self._committed)
-        self._committed = ranking
+        before = self._now
+        self._committed, self._now = ranking, self._agreement(ranking)
         self._committing, self._done = False, True
         info: dict[str, Any] = {"accepted": 0, "verified_prefix": self._locked, "round": self._round,
                                 "committed": True}
-        return self._step_result(self._agreement(ranking) - before, info)
+        return self._step_result(self._now - before, info)
 
     def end_verification(self) -> bool:
         """Stop verifying now (anytime or adaptive budget): True if a commit step follows, else the episode
@@ -264,7 +272,7 @@ class RSDRankEnv(gym.Env):
 
     # ---- what the env reports ----------------------------------------------------------------
     def _agreement(self, ranking: np.ndarray) -> float:
-        return float(agreement_batch(positions_batch(ranking[None]), self._target_pos, np.array([len(ranking)]),
+        return float(agreement_batch(positions_batch(ranking[None]), self._target_pos, self._size,
                                      self.config["reward"])[0])
 
     def committed_ranking(self) -> np.ndarray:
@@ -281,7 +289,7 @@ class RSDRankEnv(gym.Env):
             **{key: float(value[0]) for key, value in agreement_metrics_batch(
                 positions_batch(self._committed[None]), self._target_pos, np.array([task.n])).items()},
             "initial_agreement": self._initial_agreement,
-            "final_agreement": self._agreement(self._committed),
+            "final_agreement": self._now,
             "rounds": self._round,
             "budget": self.budget,
             "llm_passes": episode_passes(self._round),  # prefill + one per verification; commit is free
@@ -293,13 +301,9 @@ class RSDRankEnv(gym.Env):
 
     def _observation(self) -> dict[str, np.ndarray]:
         n, m = self.n, self.task.n
-        clip = lambda x: np.clip(x, LOGP_FLOOR, 0.0)  # noqa: E731
-        first = np.full(n, LOGP_FLOOR, dtype=np.float32)
-        first[:m] = clip(self._first)
+        first = self._first_obs.copy()
         t, done = self.max_budget, self._round
-        verified = np.full((t, n, n), np.log(1.0 / m), dtype=np.float32)  # neutral: uniform over m items
-        verified[:done, :m, :m] = clip(self._rows[:done])
-        verified[:, :, m:] = LOGP_FLOOR
+        verified = self._verified_obs.copy()
         proposals = np.full((t, n), -1.0, dtype=np.float32)
         proposals[:, :m] = self._proposals
         round_mask = (np.arange(t) < done).astype(np.float32)
@@ -307,8 +311,7 @@ class RSDRankEnv(gym.Env):
         committed[self._committed] = np.arange(m)
         locked = np.zeros(n, dtype=np.float32)
         locked[self._committed[: self._locked]] = 1.0
-        valid = np.zeros(n, dtype=np.float32)
-        valid[:m] = 1.0
+        valid = (np.arange(n) < m).astype(np.float32)
         scalar = lambda x: np.array([x], dtype=np.float32)  # noqa: E731
         return {"first_token": first, "verified": verified.ravel(), "proposals": proposals.ravel(),
                 "round_mask": round_mask, "committed": committed, "locked": locked, "round": scalar(done),

@@ -106,7 +106,7 @@ def ndcg_at_k(runs: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str
 def positions_batch(rankings: np.ndarray) -> np.ndarray:
     """(k, n) item -> position for (k, n) rankings."""
     pos = np.empty_like(rankings)
-    np.put_along_axis(pos, rankings, np.broadcast_to(np.arange(rankings.shape[1]), rankings.shape), axis=1)
+    pos[np.arange(len(rankings))[:, None], rankings] = np.arange(rankings.shape[1])
     return pos
 
 

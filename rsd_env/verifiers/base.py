@@ -126,6 +126,21 @@ def validate_ranking(task: RankingTask, ranking: Sequence[int] | np.ndarray) -> 
     return arr.astype(np.int64)
 
 
+def validate_rankings(requests: Sequence[tuple[RankingTask, Sequence[int] | np.ndarray]]
+                      ) -> list[tuple[RankingTask, np.ndarray]]:
+    """``validate_ranking`` for a batch: one sort when all are integer arrays of one size, else one by one
+    (which also names the first bad ranking)."""
+    arrays = [np.asarray(ranking) for _, ranking in requests]
+    sizes = {task.n for task, _ in requests}
+    if len(sizes) == 1:
+        n = sizes.pop()
+        if all(a.shape == (n,) and a.dtype.kind in "iu" for a in arrays):
+            stacked = np.stack(arrays).astype(np.int64)
+            if (np.sort(stacked, axis=1) == np.arange(n)).all():
+                return [(task, row) for (task, _), row in zip(requests, stacked)]
+    return [(task, validate_ranking(task, a)) for (task, _), a in zip(requests, arrays)]
+
+
 def greedy_acceptance(ranking: np.ndarray, logprobs: np.ndarray) -> tuple[int, int | None]:
     """Accepted prefix length and correction item, from the verification rows.
 
@@ -202,7 +217,7 @@ class Verifier(ABC):
         self, requests: Sequence[tuple[RankingTask, Sequence[int] | np.ndarray]]
     ) -> list[Verification]:
         """Verify several (task, ranking) pairs; backends share one pass via ``_verify_rows_batch``."""
-        checked = [(task, validate_ranking(task, ranking)) for task, ranking in requests]
+        checked = validate_rankings(requests)
         if not checked:
             return []
         self.stats.forward_passes += VERIFY_PASSES * len(checked)

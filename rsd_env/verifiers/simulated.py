@@ -68,8 +68,8 @@ class SimulatedVerifier(Verifier):
         """(k, m, m) rows for k tasks of m items each and their proposals (k, m), in one numpy pass."""
         p = self.params
         latents = [self._latent(task) for task in tasks]
-        quality = np.stack([q for q, _ in latents])  # (k, m)
-        sims = np.stack([s for _, s in latents])  # (k, m, m)
+        quality = np.stack([q for q, _ in latents]) if len(tasks) > 1 else latents[0][0][None]  # (k, m)
+        sims = np.stack([s for _, s in latents]) if len(tasks) > 1 else latents[0][1][None]  # (k, m, m)
         k, m = rankings.shape
         placed = sims[np.arange(k)[:, None], rankings]  # (k, m, m): row i = sim of the i-th placed item
         # position i sees the item placed at i - 1 (cohesion) and the prefix's running max (redundancy)
@@ -77,7 +77,8 @@ class SimulatedVerifier(Verifier):
         worst = np.maximum.accumulate(np.maximum(last, -1.0), axis=1)
         context = p["cohesion"] * last - p["redundancy"] * np.clip(worst, 0.0, None)
         w = np.arange(1, m)[:, None] / max(m - 1, 1)
-        logits = np.repeat(quality[:, None, :], m, axis=1)
+        logits = np.empty((k, m, m))
+        logits[:, 0] = quality
         logits[:, 1:] = quality[:, None, :] + w * context
         return _log_softmax(logits / p["temperature"])
 
