@@ -9,7 +9,8 @@ Gymnasium's ``SyncVectorEnv``, i.e. ``gym.make_vec(..., vectorization_mode="sync
 env); ``gym.make_vec(id, num_envs=k)`` (``rsd_env.vector.RSDRankVectorEnv``: all k envs as arrays, one
 ``verify_batch`` per vector step) for each k of ``--vector-envs``; the SB3 adapter over it
 (``agents.vec_env.RSDVecEnv``, 8 envs); RPO training env-steps/s and updates/s; peak resident memory
-after each figure.
+after each figure. ``steps_per_s`` is wall time; ``steps_per_cpu_s`` counts this process's CPU time, which
+stays comparable when other jobs share the machine.
 LLM phase latencies are ``experiments/bench_verifier.py``'s job.
 """
 
@@ -47,19 +48,21 @@ def make_env(verifier: str, budget: int, max_tasks: int | None, verifier_kwargs:
                                           "max_tasks": max_tasks, "verifier_kwargs": verifier_kwargs}).unwrapped
 
 
-def _timed(run: Callable[[], int], min_seconds: float) -> tuple[float, int]:
-    """Env steps per second of repeated ``run()`` calls (each returns the steps it took), after one
-    untimed call (first-call allocations and lazy initialisation are not throughput)."""
+def _timed(run: Callable[[], int], min_seconds: float) -> dict[str, float]:
+    """Env steps per wall second of repeated ``run()`` calls (each returns the steps it took), after one
+    untimed call (first-call allocations and lazy initialisation are not throughput), and per CPU second
+    of this process (what the figure would be on an idle core: on a loaded machine the two differ)."""
     run()
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         steps += run()
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
-            return steps / elapsed, steps
+            return {"steps_per_s": round(steps / elapsed, 1),
+                    "steps_per_cpu_s": round(steps / max(time.process_time() - cpu, 1e-9), 1), "steps": steps}
 
 
-def bench_single(env: RSDRankEnv, seconds: float, rng: np.random.Generator) -> tuple[float, int]:
+def bench_single(env: RSDRankEnv, seconds: float, rng: np.random.Generator) -> dict[str, float]:
     def episode() -> int:
         env.reset()
         steps, done = 0, False
@@ -81,7 +84,7 @@ def warm_targets(venv) -> None:
             env.target(task)
 
 
-def bench_vector(venv, seconds: float, rng: np.random.Generator, seed: int) -> tuple[float, int]:
+def bench_vector(venv, seconds: float, rng: np.random.Generator, seed: int) -> dict[str, float]:
     """Steps/s of an SB3 VecEnv or a Gymnasium VectorEnv (both take a (k, n) action array)."""
     if isinstance(venv, gym.vector.VectorEnv):
         venv.reset(seed=seed)
@@ -126,8 +129,7 @@ def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed:
         env.target(task)
     base = dict(verifier=env.verifier.fingerprint(), budget=budget, tasks=len(env.tasks))
     rng = np.random.default_rng(seed)
-    sps, steps = bench_single(env, seconds, rng)
-    emit("env_steps_per_s", envs=1, batched=False, steps_per_s=round(sps, 1), steps=steps, **base)
+    emit("env_steps_per_s", envs=1, batched=False, vec_env="gym_make", **bench_single(env, seconds, rng), **base)
     clones = [env] + [env.clone() for _ in range(7)]  # 8 envs sharing tasks, verifier and targets
     shared = {**env.config, "verifier": env.verifier, "tasks": env.tasks, "max_tasks": None}
     make_vec = lambda k, mode: gym.make_vec("RSDRank-v0", num_envs=k, vectorization_mode=mode,  # noqa: E731
@@ -141,9 +143,8 @@ def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed:
     for name, k, is_batched, build in candidates:
         venv = build()
         warm_targets(venv)
-        sps, steps = bench_vector(venv, seconds, rng, seed)
-        emit("env_steps_per_s", envs=k, batched=is_batched, vec_env=name, steps_per_s=round(sps, 1),
-             steps=steps, **base)
+        emit("env_steps_per_s", envs=k, batched=is_batched, vec_env=name,
+             **bench_vector(venv, seconds, rng, seed), **base)
     emit("rpo_training_throughput", **bench_training(env, seconds, seed), **base)
 
 

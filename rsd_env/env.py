@@ -13,6 +13,7 @@ so what the last verification said about every unverified item is not thrown awa
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Any
 
 import gymnasium as gym
@@ -29,11 +30,13 @@ from rsd_env.verifiers.base import episode_passes
 LOGP_FLOOR = -30.0  # log-probs are clipped here so that observations stay bounded
 
 
+@lru_cache(maxsize=4096)
 def label_gains(task: RankingTask, n: int) -> tuple[np.ndarray, float]:
-    """Per-item NDCG gains (the task's labels, padded to n with 0) and the task's ideal DCG@10."""
+    """Per-item NDCG gains (the task's labels, padded to n with 0) and the task's ideal DCG@10 (memoised)."""
     labels = task.relevance() if task.has_labels() else {}
     gains = np.zeros(n)
     gains[: task.n] = [labels.get(d, 0) for d in task.docids]
+    gains.flags.writeable = False  # cached: shared by every episode of the task
     return gains, ideal_dcg(list(labels.values()))
 
 

@@ -112,8 +112,7 @@ def positions_batch(rankings: np.ndarray) -> np.ndarray:
 
 def spearman_distance_batch(pa: np.ndarray, pb: np.ndarray, m: np.ndarray) -> np.ndarray:
     """``spearman_distance`` of k position pairs (k, n) over m real items each."""
-    denom = m * (m * m - 1) / 3.0
-    return np.where(m < 2, 0.0, ((pa - pb) ** 2).sum(axis=1) / np.maximum(denom, 1.0))
+    return ((pa - pb) ** 2).sum(axis=1) / np.maximum(m * (m * m - 1) / 3.0, 1.0)  # m < 2: 0 / 1
 
 
 def discordant_pairs_batch(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
@@ -125,21 +124,19 @@ def discordant_pairs_batch(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
 def agreement_batch(pa: np.ndarray, pb: np.ndarray, m: np.ndarray, reward: str = "spearman") -> np.ndarray:
     """The env's agreement for k position pairs: ``agreement`` (spearman) or (kendall tau + 1) / 2."""
     if reward == "kendall":
-        tau = np.where(m < 2, 1.0, 1.0 - 4.0 * discordant_pairs_batch(pa, pb) / np.maximum(m * (m - 1), 1))
-        return (tau + 1.0) / 2.0
+        return (1.0 - 4.0 * discordant_pairs_batch(pa, pb) / np.maximum(m * (m - 1), 1) + 1.0) / 2.0
     return 1.0 - spearman_distance_batch(pa, pb, m)
 
 
 def agreement_metrics_batch(pa: np.ndarray, pb: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
     """``agreement_metrics`` for k rankings given as positions (k, n) over m real items each."""
-    pairs = np.maximum(m * (m - 1), 1)
+    pairs = np.maximum(m * (m - 1), 1)  # m < 2: no pair is discordant and no position differs (0 / 1)
     disc = discordant_pairs_batch(pa, pb)
-    few = m < 2
     return {
-        "kendall_tau": np.where(few, 1.0, 1.0 - 4.0 * disc / pairs),
+        "kendall_tau": 1.0 - 4.0 * disc / pairs,
         "spearman_rho": 1.0 - 2.0 * spearman_distance_batch(pa, pb, m),
-        "footrule": np.where(few, 0.0, np.abs(pa - pb).sum(axis=1) / np.maximum(m * m // 2, 1)),
-        "kemeny": np.where(few, 0.0, 2.0 * disc / pairs),
+        "footrule": np.abs(pa - pb).sum(axis=1) / np.maximum(m * m // 2, 1),
+        "kemeny": 2.0 * disc / pairs,
     }
 
 

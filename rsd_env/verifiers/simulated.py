@@ -74,7 +74,7 @@ class SimulatedVerifier(Verifier):
         placed = sims[np.arange(k)[:, None], rankings]  # (k, m, m): row i = sim of the i-th placed item
         # position i sees the item placed at i - 1 (cohesion) and the prefix's running max (redundancy)
         last = placed[:, :-1]
-        worst = np.maximum.accumulate(np.maximum(last, -1.0), axis=1)
+        worst = np.maximum.accumulate(last, axis=1)
         context = p["cohesion"] * last - p["redundancy"] * np.clip(worst, 0.0, None)
         w = np.arange(1, m)[:, None] / max(m - 1, 1)
         logits = np.empty((k, m, m))
