@@ -28,7 +28,8 @@ _PER_ENV_KEYS = ("budget", "verifier", "verifier_kwargs", "tasks", "max_tasks")
 
 class RSDVecEnv(VecEnv):
     """SB3 ``VecEnv`` with batched verification: an ``RSDRankVectorEnv``, or envs / env factories of one
-    config (budgets may differ; the first env's tasks and verifier serve all)."""
+    config (budgets may differ; the first env's tasks and verifier serve all, and wrappers around the
+    given envs are not applied: the core steps the episodes itself)."""
 
     def __init__(self, source: RSDRankVectorEnv | Sequence[Callable[[], gym.Env] | gym.Env]) -> None:
         self.vector_env = source if isinstance(source, RSDRankVectorEnv) else self._from_envs(source)

@@ -102,7 +102,7 @@ class RSDRankVectorEnv(VectorEnv):
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(k)]
         else:
-            seeds = list(seed)
+            seeds = [None if s is None else int(s) for s in seed]
             if len(seeds) != k:
                 raise ValueError(f"need one seed per env ({k}), got {len(seeds)}")
         if seed is not None:
@@ -154,6 +154,7 @@ class RSDRankVectorEnv(VectorEnv):
         self._autoreset[idx] = terminated
         return self.observe(idx), rewards, terminated, np.zeros(len(idx), dtype=bool), infos
 
+    @property
     def in_commit_step(self) -> np.ndarray:
         """(k,) True where the next step commits the final ranking (no LLM pass)."""
         return self.committing.copy()

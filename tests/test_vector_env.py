@@ -148,7 +148,9 @@ def test_one_verify_batch_per_step_and_none_for_envs_in_their_commit_step():
     ids = list(info["task_id"])
     before = venv.verifier.stats.forward_passes
     zeros = np.zeros((4, 20), dtype=np.float32)
-    steps = [venv.step(zeros) for _ in range(3)]
+    steps = [venv.step(zeros)]
+    assert venv.in_commit_step.tolist() == [True, False, True, False]
+    steps += [venv.step(zeros) for _ in range(2)]
     assert requests == [ids, [ids[1], ids[3]]]  # step 2: envs 0 and 2 commit; step 3: resets and commits
     assert venv.verifier.stats.forward_passes - before == 6 + 2  # 6 verifications + 2 new prompts (resets)
     infos = steps[1][4]
