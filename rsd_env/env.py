@@ -13,7 +13,6 @@ so what the last verification said about every unverified item is not thrown awa
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import lru_cache
 from typing import Any
 
 import gymnasium as gym
@@ -30,13 +29,11 @@ from rsd_env.verifiers.base import episode_passes
 LOGP_FLOOR = -30.0  # log-probs are clipped here so that observations stay bounded
 
 
-@lru_cache(maxsize=4096)
 def label_gains(task: RankingTask, n: int) -> tuple[np.ndarray, float]:
-    """Per-item NDCG gains (the task's labels, padded to n with 0) and the task's ideal DCG@10 (memoised)."""
+    """Per-item NDCG gains (the task's labels, padded to n with 0) and the task's ideal DCG@10."""
     labels = task.relevance() if task.has_labels() else {}
     gains = np.zeros(n)
     gains[: task.n] = [labels.get(d, 0) for d in task.docids]
-    gains.flags.writeable = False  # cached: shared by every episode of the task
     return gains, ideal_dcg(list(labels.values()))
 
 
@@ -80,6 +77,7 @@ class RSDRankEnv(gym.Env):
         self._index = {t.task_id: k for k, t in enumerate(self.tasks)}
         self.verifier: Verifier = make_verifier(self.config["verifier"], **self.config["verifier_kwargs"])
         self._targets: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._gains: dict[str, tuple[np.ndarray, float]] = {}  # NDCG gains and ideal DCG per task id
         n, t = self.n, self.max_budget
         box = lambda lo, hi, shape: spaces.Box(lo, hi, shape, dtype=np.float32)  # noqa: E731
         self.observation_space = spaces.Dict(
@@ -298,7 +296,9 @@ class RSDRankEnv(gym.Env):
             "llm_passes": episode_passes(self._round),  # prefill + one per verification; commit is free
         }
         if task.has_labels():  # trec_eval's NDCG@10 (equality with pytrec_eval is tested)
-            gains, ideal = label_gains(task, task.n)
+            if task.task_id not in self._gains:  # task ids are unique within an env
+                self._gains[task.task_id] = label_gains(task, task.n)
+            gains, ideal = self._gains[task.task_id]
             summary["ndcg@10"] = float(ndcg_batch(self._committed[None], gains[None], np.array([ideal]))[0])
         return summary
 

@@ -26,6 +26,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from rsd_env.config import budget_range
 from rsd_env.env import LOGP_FLOOR, RSDRankEnv, RSDRankSimEnv, draw_budget, label_gains
 from rsd_env.metrics import agreement_batch, agreement_metrics_batch, ndcg_batch, positions_batch
 from rsd_env.verifiers.base import episode_passes
@@ -64,9 +65,12 @@ class RSDRankVectorEnv(VectorEnv):
         self.single_action_space = base.action_space
         self.observation_space = batch_space(base.observation_space, k)
         self.action_space = batch_space(base.action_space, k)
-        ranges = [base.budget_range] * k if budget_ranges is None else [tuple(r) for r in budget_ranges]
+        ranges = [base.budget_range] * k if budget_ranges is None else [budget_range(list(r)) for r in budget_ranges]
         if len(ranges) != k:
             raise ValueError(f"need one budget range per env ({k}), got {len(ranges)}")
+        if max(hi for _, hi in ranges) > base.max_budget:
+            raise ValueError(f"budget_ranges {ranges} exceed max_budget={base.max_budget}; raise the config's "
+                             f"max_budget or lower the budgets")
         self.budget_ranges = ranges
         sizes = {task.n for task in self.tasks}  # one task size: per-env rankings in info stack into (k, m)
         self._info_shape = (sizes.pop(),) if len(sizes) == 1 else None

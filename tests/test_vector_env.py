@@ -196,6 +196,10 @@ def test_step_envs_steps_a_subset_without_autoreset():
 def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="num_envs"):
         RSDRankSimVectorEnv(0, SIM)
+    with pytest.raises(ValueError, match="exceed max_budget"):
+        RSDRankSimVectorEnv(2, SIM, budget_ranges=[(1, 2), (1, 9)])
+    with pytest.raises(ValueError, match="lo <= hi"):
+        RSDRankSimVectorEnv(1, SIM, budget_ranges=[(3, 2)])
     with pytest.raises(ValueError, match="does not render"):
         gym.make_vec("RSDRankSim-v0", num_envs=2, config=SIM, render_mode="ansi")
     venv = RSDRankSimVectorEnv(2, SIM)
