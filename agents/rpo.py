@@ -179,7 +179,8 @@ class RPO(BaseAlgorithm):
             if isinstance(self.env, RSDVecEnv) and self.env.num_envs % width == 0:
                 self._group_env = self.env
             else:
-                base = self.env.envs[0] if isinstance(self.env, (DummyVecEnv, RSDVecEnv)) else None
+                base = self.env.base_env if isinstance(self.env, RSDVecEnv) else \
+                    self.env.envs[0] if isinstance(self.env, DummyVecEnv) else None
                 if base is None:
                     raise TypeError("RPO needs in-process RSDRankEnv instances: use RSDVecEnv or DummyVecEnv")
                 self._group_env = RSDVecEnv.from_env(base, self.tasks_per_batch * width)
@@ -187,7 +188,7 @@ class RPO(BaseAlgorithm):
 
     def _free_mask(self, obs: dict[str, torch.Tensor], venv: RSDVecEnv) -> torch.Tensor:
         mask = obs["valid"] > 0.5
-        if venv.raw[0].config["lock_verified_prefix"]:
+        if venv.base_env.config["lock_verified_prefix"]:
             mask = mask & (obs["locked"] < 0.5)
         return mask
 
@@ -197,9 +198,9 @@ class RPO(BaseAlgorithm):
         venv = self.group_env()
         width = self.group_size + 1
         n_tasks = venv.num_envs // width
-        tasks = venv.raw[0].tasks
+        tasks = venv.base_env.tasks
         picks = self._rng.integers(len(tasks), size=n_tasks)
-        lo, hi = venv.raw[0].budget_range  # one budget per group: its trajectories stay comparable
+        lo, hi = venv.base_env.budget_range  # one budget per group: its trajectories stay comparable
         budgets = [lo] * n_tasks if lo == hi else self._rng.integers(lo, hi + 1, size=n_tasks).tolist()
         obs = venv.reset_to([tasks[p].task_id for p in picks for _ in range(width)],
                             [t for t in budgets for _ in range(width)])
@@ -250,8 +251,7 @@ class RPO(BaseAlgorithm):
         """The target ranking restricted to each state's free items (free first), for the warm start."""
         out = []
         for row, i in enumerate(active):
-            raw = venv.raw[i]
-            target = raw.target(raw.task).tolist()
+            target = venv.target_ranking(i).tolist()
             free = mask[row].cpu().numpy()
             out.append([j for j in target if free[j]] + [j for j in range(len(free)) if not free[j]])
         return torch.as_tensor(out, dtype=torch.long, device=mask.device)

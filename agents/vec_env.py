@@ -1,11 +1,9 @@
-"""A vector env over k RSDRankEnv instances that verifies all proposals in one batched LLM call.
+"""SB3 ``VecEnv`` adapter over ``rsd_env.vector.RSDRankVectorEnv`` (the one batched core).
 
-Each vector step splits into the envs' ``propose`` (cheap), one ``verifier.verify_batch`` per distinct
-verifier (one call when the envs share it, as ``RSDVecEnv.from_env`` arranges), and ``apply_verification``.
-Envs in their commit step commit directly: they get no ``verify_batch`` entry (no LLM call).
-Auto-reset follows SB3: a finished env's last observation is in ``info["terminal_observation"]`` and the
-returned observation is the next episode's first. ``info["episode"]`` carries the return and length
-(as ``Monitor`` does), so SB3's rollout statistics work without a wrapper.
+The Gymnasium vector env auto-resets on the next step; SB3 expects the reset in the same step with the
+last observation in ``info["terminal_observation"]``, so this adapter steps the core without auto-reset
+and resets the finished envs at once. ``info["episode"]`` carries the return and length (as ``Monitor``
+does), so SB3's rollout statistics work without a wrapper. Infos are SB3's list of dicts.
 
 Episode-synchronous algorithms (RPO) use ``reset_to`` and ``step_some`` instead: no auto-reset, and
 only the envs still running are stepped.
@@ -22,69 +20,78 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
 from rsd_env.env import RSDRankEnv
-from rsd_env.verifiers import Verification
+from rsd_env.vector import RSDRankVectorEnv, env_info
 
-
-def verify_grouped(raws: Sequence[RSDRankEnv], rankings: Sequence[np.ndarray]) -> list[Verification]:
-    """Verify each env's proposal; one ``verify_batch`` call per distinct verifier object."""
-    groups: dict[int, list[int]] = {}
-    for i, raw in enumerate(raws):
-        groups.setdefault(id(raw.verifier), []).append(i)
-    out: list[Verification | None] = [None] * len(raws)
-    for members in groups.values():
-        verifier = raws[members[0]].verifier
-        results = verifier.verify_batch([(raws[i].task, rankings[i]) for i in members])
-        for i, v in zip(members, results):
-            out[i] = v
-    return out  # type: ignore[return-value]
+# config keys that may differ between the envs given to RSDVecEnv (the rest must match: one core)
+_PER_ENV_KEYS = ("budget", "verifier", "verifier_kwargs", "tasks", "max_tasks")
 
 
 class RSDVecEnv(VecEnv):
-    """SB3 ``VecEnv`` over RSDRankEnv instances (or env factories) with batched verification."""
+    """SB3 ``VecEnv`` with batched verification: an ``RSDRankVectorEnv``, or envs / env factories of one
+    config (budgets may differ; the first env's tasks and verifier serve all, and wrappers around the
+    given envs are not applied: the core steps the episodes itself)."""
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env] | gym.Env]) -> None:
-        if not env_fns:
-            raise ValueError("RSDVecEnv needs at least one env")
-        self.envs = [fn if isinstance(fn, gym.Env) else fn() for fn in env_fns]
-        self.raw: list[RSDRankEnv] = [e.unwrapped for e in self.envs]
-        bad = [type(r).__name__ for r in self.raw if not isinstance(r, RSDRankEnv)]
-        if bad:
-            raise TypeError(f"RSDVecEnv batches RSDRankEnv verification; got {bad[0]} (use DummyVecEnv)")
-        spaces = {(str(r.observation_space), str(r.action_space)) for r in self.raw}
-        if len(spaces) > 1:
-            raise ValueError("all envs of an RSDVecEnv need the same n and max_budget (same spaces)")
-        super().__init__(len(self.envs), self.envs[0].observation_space, self.envs[0].action_space)
+    def __init__(self, source: RSDRankVectorEnv | Sequence[Callable[[], gym.Env] | gym.Env]) -> None:
+        self.vector_env = source if isinstance(source, RSDRankVectorEnv) else self._from_envs(source)
+        core = self.vector_env
+        super().__init__(core.num_envs, core.single_observation_space, core.single_action_space)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(self.num_envs)
         self._lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._starts = np.full(self.num_envs, time.perf_counter())
 
+    @staticmethod
+    def _from_envs(env_fns: Sequence[Callable[[], gym.Env] | gym.Env]) -> RSDRankVectorEnv:
+        if not env_fns:
+            raise ValueError("RSDVecEnv needs at least one env")
+        raws = [(fn if isinstance(fn, gym.Env) else fn()).unwrapped for fn in env_fns]
+        bad = [type(r).__name__ for r in raws if not isinstance(r, RSDRankEnv)]
+        if bad:
+            raise TypeError(f"RSDVecEnv batches RSDRankEnv verification; got {bad[0]} (use DummyVecEnv)")
+        base = raws[0]
+        for raw in raws[1:]:
+            if (raw.n, raw.max_budget) != (base.n, base.max_budget):
+                raise ValueError("all envs of an RSDVecEnv need the same n and max_budget (same spaces)")
+            differ = sorted(key for key in base.config if key not in _PER_ENV_KEYS
+                            and raw.config[key] != base.config[key])
+            if differ or [t.task_id for t in raw.tasks] != [t.task_id for t in base.tasks] \
+                    or raw.verifier.fingerprint() != base.verifier.fingerprint():
+                raise ValueError(f"RSDVecEnv steps envs of one config, task list and verifier (budgets may "
+                                 f"differ); these differ: {differ or ['tasks or verifier']}. Use DummyVecEnv "
+                                 f"for mixed envs")
+        return RSDRankVectorEnv(len(raws), env=base, budget_ranges=[r.budget_range for r in raws])
+
     @classmethod
     def from_env(cls, env: gym.Env, num_envs: int) -> RSDVecEnv:
-        """``num_envs`` copies of ``env`` sharing its verifier, task list and target memo (no reloading)."""
+        """``num_envs`` episodes over ``env``'s tasks, verifier and target memo (no reloading)."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         base = env.unwrapped
         if not isinstance(base, RSDRankEnv):
             raise TypeError(f"expected an RSDRankEnv, got {type(base).__name__}")
-        envs: list[gym.Env] = [env]
-        for _ in range(num_envs - 1):
-            envs.append(base.clone())
-        return cls(envs)
+        return cls(RSDRankVectorEnv(num_envs, env=base))
+
+    @property
+    def base_env(self) -> RSDRankEnv:
+        """The env whose config, tasks, verifier and targets every sub-env uses."""
+        return self.vector_env.env
 
     # ---- SB3 VecEnv API ------------------------------------------------------------------------
     def reset(self) -> VecEnvObs:
-        obs = []
-        for i, env in enumerate(self.envs):
-            options = {"options": self._options[i]} if self._options[i] else {}
-            o, self.reset_infos[i] = env.reset(seed=self._seeds[i], **options)
-            obs.append(o)
+        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        options: dict[str, Any] = {}
+        for key in ("task_id", "budget"):
+            values = [o.get(key) if o else None for o in self._options]
+            if any(v is not None for v in values):
+                options[key] = values
+        obs, infos = self.vector_env.reset(seed=seeds, options=options)
+        self.reset_infos = [env_info(infos, i) for i in range(self.num_envs)]
         self._reset_seeds()
         self._reset_options()
         self._returns[:] = 0.0
         self._lengths[:] = 0
         self._starts[:] = time.perf_counter()
-        return self._stack(obs)
+        return obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions)
@@ -92,46 +99,48 @@ class RSDVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("call step_async before step_wait")
-        results = self.step_some(range(self.num_envs), self._actions)
+        k = self.num_envs
+        obs, rewards, terminated, truncated, vinfos = self.vector_env.step_envs(np.arange(k), self._actions)
         self._actions = None
-        obs, rewards, dones, infos = [], np.zeros(self.num_envs, np.float32), np.zeros(self.num_envs, bool), []
-        for i, (o, r, terminated, truncated, info) in enumerate(results):
-            self._returns[i] += r
-            self._lengths[i] += 1
-            rewards[i], dones[i] = r, terminated or truncated
-            info["TimeLimit.truncated"] = truncated and not terminated
-            if dones[i]:
-                info["episode"] = {"r": float(self._returns[i]), "l": int(self._lengths[i]),
+        dones = terminated | truncated
+        self._returns += rewards
+        self._lengths += 1
+        infos = [env_info(vinfos, i) for i in range(k)]
+        for i in np.flatnonzero(dones):
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos[i]["episode"] = {"r": float(self._returns[i]), "l": int(self._lengths[i]),
                                    "t": round(time.perf_counter() - self._starts[i], 6)}
-                info["terminal_observation"] = o
-                o, self.reset_infos[i] = self.envs[i].reset()
-                self._returns[i], self._lengths[i], self._starts[i] = 0.0, 0, time.perf_counter()
-            obs.append(o)
-            infos.append(info)
-        return self._stack(obs), rewards, dones, infos
+            infos[i]["terminal_observation"] = {key: value[i] for key, value in obs.items()}
+        if dones.any():
+            obs, reset_infos = self.vector_env.reset(options={"reset_mask": dones})
+            for i in np.flatnonzero(dones):
+                self.reset_infos[i] = env_info(reset_infos, i)
+            self._returns[dones], self._lengths[dones], self._starts[dones] = 0.0, 0, time.perf_counter()
+        return obs, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.vector_env.close()
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None for _ in self.envs]
+        return [None] * self.num_envs
 
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-        return [getattr(self.envs[i], attr_name) for i in self._get_indices(indices)]
+        """Per-env state (``task``, ``budget``) per env; anything else from the shared base env."""
+        per_env = {"task": self.vector_env.task, "budget": lambda i: int(self.vector_env.budget[i])}
+        if attr_name in per_env:
+            return [per_env[attr_name](i) for i in self._get_indices(indices)]
+        return [getattr(self.base_env, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-        for i in self._get_indices(indices):
-            setattr(self.envs[i], attr_name, value)
+        raise AttributeError("RSDVecEnv's envs share one core; set attributes on the base env "
+                             "(RSDVecEnv.base_env) or use DummyVecEnv")
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
-        return [getattr(self.envs[i], method_name)(*method_args, **method_kwargs)
-                for i in self._get_indices(indices)]
+        return [getattr(self.base_env, method_name)(*method_args, **method_kwargs)
+                for _ in self._get_indices(indices)]
 
     def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
-        from stable_baselines3.common import env_util
-
-        return [env_util.is_wrapped(self.envs[i], wrapper_class) for i in self._get_indices(indices)]
+        return [False for _ in self._get_indices(indices)]
 
     # ---- episode-synchronous use (RPO) ----------------------------------------------------------
     def reset_to(self, task_ids: Sequence[str], budgets: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
@@ -141,14 +150,12 @@ class RSDVecEnv(VecEnv):
             raise ValueError(f"need one task id per env ({self.num_envs}), got {len(task_ids)}")
         if budgets is not None and len(budgets) != self.num_envs:
             raise ValueError(f"need one budget per env ({self.num_envs}), got {len(budgets)}")
-        obs = []
-        for i, (env, tid) in enumerate(zip(self.envs, task_ids)):
-            options: dict[str, Any] = {"task_id": tid}
-            if budgets is not None:
-                options["budget"] = int(budgets[i])
-            o, self.reset_infos[i] = env.reset(options=options)
-            obs.append(o)
-        return obs
+        options: dict[str, Any] = {"task_id": list(task_ids)}
+        if budgets is not None:
+            options["budget"] = [int(b) for b in budgets]
+        obs, infos = self.vector_env.reset(options=options)
+        self.reset_infos = [env_info(infos, i) for i in range(self.num_envs)]
+        return [{key: value[i] for key, value in obs.items()} for i in range(self.num_envs)]
 
     def step_some(self, indices, actions) -> list[tuple]:
         """Step the envs ``indices`` with ``actions`` (one row each); one batched verification.
@@ -159,19 +166,10 @@ class RSDVecEnv(VecEnv):
         actions = np.asarray(actions)
         if actions.shape[0] != len(idx):
             raise ValueError(f"need one action per stepped env ({len(idx)}), got {actions.shape[0]}")
-        raws = [self.raw[i] for i in idx]
-        out: list[tuple | None] = [None] * len(idx)
-        verifying = []
-        for k, (raw, action) in enumerate(zip(raws, actions)):
-            if raw.in_commit_step:
-                out[k] = raw.commit(action)  # no LLM call
-            else:
-                verifying.append(k)
-        rankings = [raws[k].propose(actions[k]) for k in verifying]
-        verifications = verify_grouped([raws[k] for k in verifying], rankings)
-        for k, v in zip(verifying, verifications):
-            out[k] = raws[k].apply_verification(v)
-        return out  # type: ignore[return-value]
+        obs, rewards, terminated, truncated, infos = self.vector_env.step_envs(idx, actions)
+        return [({key: value[j] for key, value in obs.items()}, float(rewards[j]), bool(terminated[j]),
+                 bool(truncated[j]), env_info(infos, j)) for j in range(len(idx))]
 
-    def _stack(self, obs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    def target_ranking(self, i: int) -> np.ndarray:
+        """The target ranking of env i's current task."""
+        return self.vector_env.target_ranking(i)

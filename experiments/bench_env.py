@@ -3,10 +3,14 @@
     python -m experiments.bench_env                       # simulated verifier
     python -m experiments.bench_env --verifier bundled    # + the real LLM on DL19 (slow: prefills)
 
-Figures, side by side in one run and on the same tasks: env steps/s (a step = one verification round)
-for 1 env, 8 envs stepped one by one (SB3 ``DummyVecEnv``: one LLM call per env), and 8 envs with
-batched verification (``agents.vec_env.RSDVecEnv``: one ``verify_batch`` per vector step); RPO
-training env-steps/s and updates/s; peak resident memory after each figure.
+Figures, side by side in one run and on the same tasks: env steps/s (a step = one verification round
+or the commit step) for 1 env (``gym.make``); 8 envs stepped one by one (SB3 ``DummyVecEnv`` and
+Gymnasium's ``SyncVectorEnv``, i.e. ``gym.make_vec(..., vectorization_mode="sync")``: one LLM call per
+env); ``gym.make_vec(id, num_envs=k)`` (``rsd_env.vector.RSDRankVectorEnv``: all k envs as arrays, one
+``verify_batch`` per vector step) for each k of ``--vector-envs``; the SB3 adapter over it
+(``agents.vec_env.RSDVecEnv``, 8 envs); RPO training env-steps/s and updates/s; peak resident memory
+after each figure. ``steps_per_s`` is wall time; ``steps_per_cpu_s`` counts this process's CPU time, which
+stays comparable when other jobs share the machine.
 LLM phase latencies are ``experiments/bench_verifier.py``'s job.
 """
 
@@ -25,6 +29,7 @@ import numpy as np
 import rsd_env  # noqa: F401  (registers the envs)
 from experiments.evaluate import parse_key_values
 from rsd_env.env import RSDRankEnv
+from rsd_env.vector import RSDRankVectorEnv
 
 
 def peak_rss_mb() -> float:
@@ -43,19 +48,21 @@ def make_env(verifier: str, budget: int, max_tasks: int | None, verifier_kwargs:
                                           "max_tasks": max_tasks, "verifier_kwargs": verifier_kwargs}).unwrapped
 
 
-def _timed(run: Callable[[], int], min_seconds: float) -> tuple[float, int]:
-    """Env steps per second of repeated ``run()`` calls (each returns the steps it took), after one
-    untimed call (first-call allocations and lazy initialisation are not throughput)."""
+def _timed(run: Callable[[], int], min_seconds: float) -> dict[str, float]:
+    """Env steps per wall second of repeated ``run()`` calls (each returns the steps it took), after one
+    untimed call (first-call allocations and lazy initialisation are not throughput), and per CPU second
+    of this process (what the figure would be on an idle core: on a loaded machine the two differ)."""
     run()
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         steps += run()
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
-            return steps / elapsed, steps
+            return {"steps_per_s": round(steps / elapsed, 1),
+                    "steps_per_cpu_s": round(steps / max(time.process_time() - cpu, 1e-9), 1), "steps": steps}
 
 
-def bench_single(env: RSDRankEnv, seconds: float, rng: np.random.Generator) -> tuple[float, int]:
+def bench_single(env: RSDRankEnv, seconds: float, rng: np.random.Generator) -> dict[str, float]:
     def episode() -> int:
         env.reset()
         steps, done = 0, False
@@ -67,11 +74,28 @@ def bench_single(env: RSDRankEnv, seconds: float, rng: np.random.Generator) -> t
     return _timed(episode, seconds)
 
 
-def bench_vector(venv, seconds: float, rng: np.random.Generator) -> tuple[float, int]:
-    venv.reset()
+def warm_targets(venv) -> None:
+    """Fill every env's target memo before timing, as for the single env (a SyncVectorEnv's envs each
+    have their own; the batched envs share one)."""
+    inner = getattr(venv, "vector_env", venv)
+    envs = [inner.env] if isinstance(inner, RSDRankVectorEnv) else [e.unwrapped for e in getattr(venv, "envs", [])]
+    for env in envs:
+        for task in env.tasks:
+            env.target(task)
+
+
+def bench_vector(venv, seconds: float, rng: np.random.Generator, seed: int) -> dict[str, float]:
+    """Steps/s of an SB3 VecEnv or a Gymnasium VectorEnv (both take a (k, n) action array)."""
+    if isinstance(venv, gym.vector.VectorEnv):
+        venv.reset(seed=seed)
+        n = venv.single_action_space.shape[0]
+    else:
+        venv.seed(seed)
+        venv.reset()
+        n = venv.action_space.shape[0]
 
     def vector_step() -> int:
-        venv.step(rng.uniform(-1, 1, (venv.num_envs, venv.action_space.shape[0])).astype(np.float32))
+        venv.step(rng.uniform(-1, 1, (venv.num_envs, n)).astype(np.float32))
         return venv.num_envs
 
     return _timed(vector_step, seconds)
@@ -94,7 +118,7 @@ def bench_training(env: RSDRankEnv, seconds: float, seed: int) -> dict[str, floa
 
 
 def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed: int,
-        verifier_kwargs: dict) -> None:
+        verifier_kwargs: dict, vector_envs: list[int]) -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from agents.vec_env import RSDVecEnv
@@ -105,15 +129,22 @@ def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed:
         env.target(task)
     base = dict(verifier=env.verifier.fingerprint(), budget=budget, tasks=len(env.tasks))
     rng = np.random.default_rng(seed)
-    sps, steps = bench_single(env, seconds, rng)
-    emit("env_steps_per_s", envs=1, batched=False, steps_per_s=round(sps, 1), steps=steps, **base)
-    batched = RSDVecEnv.from_env(env, 8)
-    unbatched = DummyVecEnv([lambda e=e: e for e in batched.envs])  # same 8 envs, one LLM call each
-    for name, venv, is_batched in (("dummy", unbatched, False), ("rsd_vec_env", batched, True)):
-        venv.seed(seed)
-        sps, steps = bench_vector(venv, seconds, rng)
-        emit("env_steps_per_s", envs=8, batched=is_batched, vec_env=name, steps_per_s=round(sps, 1),
-             steps=steps, **base)
+    emit("env_steps_per_s", envs=1, batched=False, vec_env="gym_make", **bench_single(env, seconds, rng), **base)
+    clones = [env] + [env.clone() for _ in range(7)]  # 8 envs sharing tasks, verifier and targets
+    shared = {**env.config, "verifier": env.verifier, "tasks": env.tasks, "max_tasks": None}
+    make_vec = lambda k, mode: gym.make_vec("RSDRank-v0", num_envs=k, vectorization_mode=mode,  # noqa: E731
+                                            config=shared)
+    candidates: list[tuple[str, int, bool, Callable[[], object]]] = [
+        ("sb3_dummy", 8, False, lambda: DummyVecEnv([lambda e=e: e for e in clones])),
+        ("gym_sync", 8, False, lambda: make_vec(8, "sync")),
+        *[("gym_make_vec", k, True, lambda k=k: make_vec(k, "vector_entry_point")) for k in vector_envs],
+        ("sb3_rsd_vec_env", 8, True, lambda: RSDVecEnv.from_env(env, 8)),
+    ]
+    for name, k, is_batched, build in candidates:
+        venv = build()
+        warm_targets(venv)
+        emit("env_steps_per_s", envs=k, batched=is_batched, vec_env=name,
+             **bench_vector(venv, seconds, rng, seed), **base)
     emit("rpo_training_throughput", **bench_training(env, seconds, seed), **base)
 
 
@@ -124,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure")
     p.add_argument("--max-tasks", type=int, default=None, help="tasks to cycle through (real LLM: prefills)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vector-envs", type=int, nargs="+", default=None,
+                   help="num_envs for the gym.make_vec figures (default: 8 64 simulated, 8 for a real LLM)")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="real verifier option (YAML value), repeatable, e.g. adapter=null")
     args = p.parse_args(argv)
@@ -131,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     emit("setup", python=sys.version.split()[0], argv=sys.argv[1:])
     for verifier in args.verifier:
         max_tasks = args.max_tasks if args.max_tasks or verifier == "simulated" else 8
-        run(verifier, args.budget, args.seconds, max_tasks, args.seed, kwargs)
+        vector_envs = args.vector_envs or ([8, 64] if verifier == "simulated" else [8])
+        run(verifier, args.budget, args.seconds, max_tasks, args.seed, kwargs, vector_envs)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,31 @@ from gymnasium import spaces
 from rsd_env.config import SIM_CONFIG, budget_range, resolve_config
 from rsd_env.data import RankingTask, load_tasks
 from rsd_env.data.task import check_unique_task_ids
-from rsd_env.metrics import agreement, agreement_metrics, kendall_tau, ndcg_at_k
+from rsd_env.metrics import agreement_batch, agreement_metrics_batch, ideal_dcg, ndcg_batch, positions_batch
 from rsd_env.verifiers import Verification, Verifier, make_verifier
 from rsd_env.verifiers.base import episode_passes
 
 LOGP_FLOOR = -30.0  # log-probs are clipped here so that observations stay bounded
+
+
+def label_gains(task: RankingTask, n: int) -> tuple[np.ndarray, float]:
+    """Per-item NDCG gains (the task's labels, padded to n with 0) and the task's ideal DCG@10."""
+    labels = task.relevance() if task.has_labels() else {}
+    gains = np.zeros(n)
+    gains[: task.n] = [labels.get(d, 0) for d in task.docids]
+    return gains, ideal_dcg(list(labels.values()))
+
+
+def draw_budget(requested: Any, budget_range: tuple[int, int], max_budget: int, rng: np.random.Generator) -> int:
+    """This episode's T: the reset option when given (validated), else drawn from the config's range."""
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) \
+                or not 1 <= requested <= max_budget:
+            raise ValueError(f"reset option budget must be an integer in 1..max_budget={max_budget}, "
+                             f"got {requested!r}; raise the config's max_budget for larger budgets")
+        return int(requested)
+    lo, hi = budget_range
+    return lo if lo == hi else int(rng.integers(lo, hi + 1))
 
 
 class RSDRankEnv(gym.Env):
@@ -57,6 +77,7 @@ class RSDRankEnv(gym.Env):
         self._index = {t.task_id: k for k, t in enumerate(self.tasks)}
         self.verifier: Verifier = make_verifier(self.config["verifier"], **self.config["verifier_kwargs"])
         self._targets: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._gains: dict[str, tuple[np.ndarray, float]] = {}  # NDCG gains and ideal DCG per task id
         n, t = self.n, self.max_budget
         box = lambda lo, hi, shape: spaces.Box(lo, hi, shape, dtype=np.float32)  # noqa: E731
         self.observation_space = spaces.Dict(
@@ -133,26 +154,26 @@ class RSDRankEnv(gym.Env):
         self.budget = self._episode_budget(options.get("budget"))
         self._first = self.verifier.first_token_scores(task)
         self._target = self.target(task)
+        self._target_pos = positions_batch(self._target[None])
+        self._size = np.array([task.n])
         self._committed = np.argsort(-self._first, kind="stable").astype(np.int64)
         self._locked = 0  # length of the verified prefix of the committed ranking
         self._round = 0
         self._committing = False  # the next step is the commit step
         self._done = False
         self._rows = np.zeros((self.max_budget, task.n, task.n))
+        # the observation's verified rows, filled round by round: neutral uniform log(1/m) until verified
+        self._verified_obs = np.full((self.max_budget, self.n, self.n), np.log(1.0 / task.n), dtype=np.float32)
+        self._verified_obs[:, :, task.n:] = LOGP_FLOOR
+        self._first_obs = np.full(self.n, LOGP_FLOOR, dtype=np.float32)
+        self._first_obs[: task.n] = np.clip(self._first, LOGP_FLOOR, 0.0)
         self._proposals = np.full((self.max_budget, task.n), -1, dtype=np.int64)
-        self._initial_agreement = self._agreement(self._committed)
+        self._initial_agreement = self._now = self._agreement(self._committed)  # _now: of the committed ranking
         info = {"task_id": task.task_id, "agreement": self._initial_agreement, "budget": self.budget}
         return self._observation(), info
 
     def _episode_budget(self, requested: Any) -> int:
-        if requested is not None:
-            if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) \
-                    or not 1 <= requested <= self.max_budget:
-                raise ValueError(f"reset option budget must be an integer in 1..max_budget={self.max_budget}, "
-                                 f"got {requested!r}; raise the config's max_budget for larger budgets")
-            return int(requested)
-        lo, hi = self.budget_range
-        return lo if lo == hi else int(self.np_random.integers(lo, hi + 1))
+        return draw_budget(requested, self.budget_range, self.max_budget, self.np_random)
 
     def step(self, action):
         if self._committing:
@@ -199,14 +220,17 @@ class RSDRankEnv(gym.Env):
         if self._committing or self._done:
             raise RuntimeError("no verification is expected now (commit step or episode over)")
         self._rows[self._round] = v.logprobs
+        self._verified_obs[self._round, : task.n, : task.n] = np.clip(v.logprobs, LOGP_FLOOR, 0.0)
         self._proposals[self._round, v.ranking] = np.arange(task.n)
         prefix = v.verified_prefix
-        rest = [j for j in v.ranking if j not in set(prefix.tolist())]
-        before = self._agreement(self._committed)
+        verified = set(prefix.tolist())
+        rest = [j for j in v.ranking if j not in verified]
+        before = self._now
         self._committed = np.concatenate([prefix, np.asarray(rest, dtype=np.int64)])
         self._locked = len(prefix)
         self._round += 1
-        reward = self._agreement(self._committed) - before
+        self._now = self._agreement(self._committed)
+        reward = self._now - before
         if self._locked >= task.n:
             self._done = True  # everything verified: nothing left to commit
         elif self._round >= self.budget:
@@ -224,12 +248,12 @@ class RSDRankEnv(gym.Env):
         if not self._committing:
             raise RuntimeError("not the commit step: it follows the last verification (see in_commit_step)")
         ranking = self._order(action)
-        before = self._agreement(self._committed)
-        self._committed = ranking
+        before = self._now
+        self._committed, self._now = ranking, self._agreement(ranking)
         self._committing, self._done = False, True
         info: dict[str, Any] = {"accepted": 0, "verified_prefix": self._locked, "round": self._round,
                                 "committed": True}
-        return self._step_result(self._agreement(ranking) - before, info)
+        return self._step_result(self._now - before, info)
 
     def end_verification(self) -> bool:
         """Stop verifying now (anytime or adaptive budget): True if a commit step follows, else the episode
@@ -249,9 +273,8 @@ class RSDRankEnv(gym.Env):
 
     # ---- what the env reports ----------------------------------------------------------------
     def _agreement(self, ranking: np.ndarray) -> float:
-        if self.config["reward"] == "kendall":
-            return (kendall_tau(ranking, self._target) + 1.0) / 2.0
-        return agreement(ranking, self._target)
+        return float(agreement_batch(positions_batch(ranking[None]), self._target_pos, self._size,
+                                     self.config["reward"])[0])
 
     def committed_ranking(self) -> np.ndarray:
         """The output at this moment: verified prefix + the rest in the latest proposal's order."""
@@ -264,27 +287,26 @@ class RSDRankEnv(gym.Env):
             "final_ranking": self._committed.copy(),
             "final_docids": [task.candidates[j].docid for j in self._committed],
             "target_ranking": self._target.copy(),
-            **agreement_metrics(self._committed, self._target),
+            **{key: float(value[0]) for key, value in agreement_metrics_batch(
+                positions_batch(self._committed[None]), self._target_pos, np.array([task.n])).items()},
             "initial_agreement": self._initial_agreement,
-            "final_agreement": self._agreement(self._committed),
+            "final_agreement": self._now,
             "rounds": self._round,
             "budget": self.budget,
             "llm_passes": episode_passes(self._round),  # prefill + one per verification; commit is free
         }
-        if task.has_labels():
-            summary["ndcg@10"] = ndcg_at_k({task.task_id: summary["final_docids"]},
-                                           {task.task_id: task.relevance()}, 10)[task.task_id]
+        if task.has_labels():  # trec_eval's NDCG@10 (equality with pytrec_eval is tested)
+            if task.task_id not in self._gains:  # task ids are unique within an env
+                self._gains[task.task_id] = label_gains(task, task.n)
+            gains, ideal = self._gains[task.task_id]
+            summary["ndcg@10"] = float(ndcg_batch(self._committed[None], gains[None], np.array([ideal]))[0])
         return summary
 
     def _observation(self) -> dict[str, np.ndarray]:
         n, m = self.n, self.task.n
-        clip = lambda x: np.clip(x, LOGP_FLOOR, 0.0)  # noqa: E731
-        first = np.full(n, LOGP_FLOOR, dtype=np.float32)
-        first[:m] = clip(self._first)
+        first = self._first_obs.copy()
         t, done = self.max_budget, self._round
-        verified = np.full((t, n, n), np.log(1.0 / m), dtype=np.float32)  # neutral: uniform over m items
-        verified[:done, :m, :m] = clip(self._rows[:done])
-        verified[:, :, m:] = LOGP_FLOOR
+        verified = self._verified_obs.copy()
         proposals = np.full((t, n), -1.0, dtype=np.float32)
         proposals[:, :m] = self._proposals
         round_mask = (np.arange(t) < done).astype(np.float32)
@@ -292,8 +314,7 @@ class RSDRankEnv(gym.Env):
         committed[self._committed] = np.arange(m)
         locked = np.zeros(n, dtype=np.float32)
         locked[self._committed[: self._locked]] = 1.0
-        valid = np.zeros(n, dtype=np.float32)
-        valid[:m] = 1.0
+        valid = (np.arange(n) < m).astype(np.float32)
         scalar = lambda x: np.array([x], dtype=np.float32)  # noqa: E731
         return {"first_token": first, "verified": verified.ravel(), "proposals": proposals.ravel(),
                 "round_mask": round_mask, "committed": committed, "locked": locked, "round": scalar(done),

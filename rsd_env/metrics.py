@@ -97,3 +97,57 @@ def ndcg_at_k(runs: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str
     measure = f"ndcg_cut_{k}"
     evaluator = pytrec_eval.RelevanceEvaluator(labels, {measure})
     return {q: float(v[measure]) for q, v in evaluator.evaluate(scored).items()}
+
+
+# ---- the same measures for k rankings at once (vector envs); rows are equal-length rankings ------------
+# Rankings may be padded past a task's m real items with the padding items in a fixed order (the same in
+# both rankings): padding then adds no distance and no discordant pair, so ``m`` is all the formulas need.
+
+def positions_batch(rankings: np.ndarray) -> np.ndarray:
+    """(k, n) item -> position for (k, n) rankings."""
+    pos = np.empty_like(rankings)
+    pos[np.arange(len(rankings))[:, None], rankings] = np.arange(rankings.shape[1])
+    return pos
+
+
+def spearman_distance_batch(pa: np.ndarray, pb: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``spearman_distance`` of k position pairs (k, n) over m real items each."""
+    return ((pa - pb) ** 2).sum(axis=1) / np.maximum(m * (m * m - 1) / 3.0, 1.0)  # m < 2: 0 / 1
+
+
+def discordant_pairs_batch(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    da = np.sign(pa[:, :, None] - pa[:, None, :])
+    db = np.sign(pb[:, :, None] - pb[:, None, :])
+    return (da * db < 0).sum(axis=(1, 2)) // 2
+
+
+def agreement_batch(pa: np.ndarray, pb: np.ndarray, m: np.ndarray, reward: str = "spearman") -> np.ndarray:
+    """The env's agreement for k position pairs: ``agreement`` (spearman) or (kendall tau + 1) / 2."""
+    if reward == "kendall":
+        return (1.0 - 4.0 * discordant_pairs_batch(pa, pb) / np.maximum(m * (m - 1), 1) + 1.0) / 2.0
+    return 1.0 - spearman_distance_batch(pa, pb, m)
+
+
+def agreement_metrics_batch(pa: np.ndarray, pb: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
+    """``agreement_metrics`` for k rankings given as positions (k, n) over m real items each."""
+    pairs = np.maximum(m * (m - 1), 1)  # m < 2: no pair is discordant and no position differs (0 / 1)
+    disc = discordant_pairs_batch(pa, pb)
+    return {
+        "kendall_tau": 1.0 - 4.0 * disc / pairs,
+        "spearman_rho": 1.0 - 2.0 * spearman_distance_batch(pa, pb, m),
+        "footrule": np.abs(pa - pb).sum(axis=1) / np.maximum(m * m // 2, 1),
+        "kemeny": 2.0 * disc / pairs,
+    }
+
+
+def ndcg_batch(rankings: np.ndarray, gains: np.ndarray, ideal_dcg: np.ndarray, k: int = 10) -> np.ndarray:
+    """trec_eval's NDCG@k (gain = label, discount log2(rank + 1)) for (k_envs, n) rankings over per-item
+    ``gains`` (k_envs, n) and each task's ideal DCG; 0 where the ideal is 0."""
+    top = rankings[:, :k]
+    dcg = (np.take_along_axis(gains, top, axis=1) / np.log2(np.arange(2, top.shape[1] + 2))).sum(axis=1)
+    return np.where(ideal_dcg > 0, dcg / np.where(ideal_dcg > 0, ideal_dcg, 1.0), 0.0)
+
+
+def ideal_dcg(labels: Sequence[float], k: int = 10) -> float:
+    best = np.sort(np.asarray(labels, dtype=np.float64))[::-1][:k]
+    return float((best / np.log2(np.arange(2, len(best) + 2))).sum())

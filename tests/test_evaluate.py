@@ -57,7 +57,10 @@ def test_outputs_and_cells(run):
     heur2 = cells[("dl19", "heuristic", 2)]
     assert heur2.get("decoder_to_beat") and "p_value" not in heur2
     assert sd2["vs_baseline"] == "heuristic" and 0.0 <= sd2["p_value"] <= 1.0
-    assert cells[("dl19", "sd", 1)]["speedup_vs_ar"] > 1.0
+    # wall-time speedups are computed against AR; on the simulated LLM (one numpy call per pass) wall time is
+    # the env's bookkeeping, not the LLM, so only their presence is checked here and the passes are compared
+    sd1, ar = cells[("dl19", "sd", 1)], cells[("dl19", "ar", None)]
+    assert sd1["speedup_vs_ar"] > 0.0 and sd1["llm_passes"] == 2.0 < ar["llm_passes"] == 20.0
     assert "rel_improvement_pct" not in sd2 and "rel_improvement_pct" in heur2
     table = (out / "table.md").read_text()
     assert "| 2 | ★ heuristic |" in table and "dl19 τ ↑" in table and "ml-100k" in table

@@ -60,3 +60,33 @@ def test_ndcg_matches_trec_eval_on_bundled_bm25():
     assert np.mean(list(metrics.ndcg_at_k(runs, qrels, 10).values())) == pytest.approx(0.5058, abs=1e-4)
     with pytest.raises(ValueError, match="no qrels"):
         metrics.ndcg_at_k({"nope": ["a"]}, qrels)
+
+
+@given(st.lists(two_perms(), min_size=1, max_size=4))
+def test_batched_measures_equal_the_one_by_one_definitions(pairs):
+    n = max(len(a) for a, _ in pairs)
+    pad = lambda r: np.concatenate([r, np.arange(len(r), n)])  # noqa: E731  padding items last, as in the env
+    pa = metrics.positions_batch(np.stack([pad(a) for a, _ in pairs]))
+    pb = metrics.positions_batch(np.stack([pad(b) for _, b in pairs]))
+    m = np.array([len(a) for a, _ in pairs])
+    batch = metrics.agreement_metrics_batch(pa, pb, m)
+    for i, (a, b) in enumerate(pairs):
+        for key, value in metrics.agreement_metrics(a, b).items():
+            assert batch[key][i] == pytest.approx(value, abs=1e-12)
+        assert metrics.agreement_batch(pa, pb, m)[i] == pytest.approx(metrics.agreement(a, b), abs=1e-12)
+        kendall = (metrics.kendall_tau(a, b) + 1) / 2
+        assert metrics.agreement_batch(pa, pb, m, "kendall")[i] == pytest.approx(kendall, abs=1e-12)
+
+
+def test_batched_ndcg_equals_pytrec_eval():
+    from rsd_env.data import load_tasks
+
+    rng = np.random.default_rng(0)
+    tasks = load_tasks("dl19", "all", 20)[:20] + load_tasks("dl19", "all", 7)[:5]
+    for task in tasks:
+        labels = task.relevance()
+        gains = np.array([[labels.get(d, 0) for d in task.docids]], dtype=float)
+        ranking = rng.permutation(task.n)
+        want = metrics.ndcg_at_k({task.task_id: [task.docids[j] for j in ranking]}, {task.task_id: labels})
+        got = metrics.ndcg_batch(ranking[None], gains, np.array([metrics.ideal_dcg(list(labels.values()))]))
+        assert got[0] == pytest.approx(want[task.task_id], abs=1e-12)

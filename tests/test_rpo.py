@@ -27,7 +27,7 @@ def test_collect_runs_groups_with_one_greedy_reference_per_task():
     rollout = model.collect()
     venv = model.group_env()
     width = model.group_size + 1
-    ids = [r.task.task_id for r in venv.raw]
+    ids = [task.task_id for task in venv.get_attr("task")]
     for g in range(model.tasks_per_batch):
         assert len(set(ids[g * width:(g + 1) * width])) == 1  # one task per group
     greedy_rows = np.flatnonzero(rollout.env_index % width == 0)
@@ -42,7 +42,7 @@ def test_groups_share_a_budget_drawn_from_the_range_and_end_with_the_commit_step
     model = _model(_env(budget=[1, 3]), tasks_per_batch=6)
     rollout = model.collect()
     width = model.group_size + 1
-    budgets = np.array([r.budget for r in model.group_env().raw]).reshape(-1, width)
+    budgets = np.array(model.group_env().get_attr("budget")).reshape(-1, width)
     assert (budgets == budgets[:, :1]).all() and len(set(budgets[:, 0])) > 1  # one T per group, T varies
     lengths = rollout.lengths.reshape(-1, width)
     rounds = rollout.obs["round"][:, 0].numpy()

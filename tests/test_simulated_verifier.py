@@ -84,3 +84,24 @@ def test_make_verifier_specs():
         make_verifier("gpt-17")
     with pytest.raises(ValueError, match="'kind'"):
         make_verifier({"seed": 1})
+
+
+def test_batched_rows_and_acceptance_equal_one_by_one(tasks):
+    from rsd_env.data import load_tasks
+    from rsd_env.verifiers.base import greedy_acceptance
+
+    mixed = tasks[:6] + load_tasks("synthetic", "train", n=7, count=3)  # two task sizes in one batch
+    rng = np.random.default_rng(0)
+    requests = [(t, rng.permutation(t.n)) for t in mixed]
+    requests.append((mixed[0], SimulatedVerifier().target_ranking(mixed[0])))  # one accepts everything
+    same_size = requests[:6] + requests[-1:]  # acceptance of all of them in one call too
+    single, batched = SimulatedVerifier(), SimulatedVerifier()
+    for batch in (requests, same_size):
+        for (task, ranking), v in zip(batch, batched.verify_batch(batch)):
+            one = single.verify(task, ranking)
+            np.testing.assert_array_equal(v.logprobs, one.logprobs)
+            assert (v.accepted, v.correction) == (one.accepted, one.correction) == \
+                greedy_acceptance(ranking, v.logprobs)
+    assert batched.stats.forward_passes == single.stats.forward_passes == len(requests) + len(same_size)
+    assert batched.stats.calls["verify"] == 3  # one numpy call per task size and batch
+    assert batched.verify_batch(same_size)[-1].accepted == mixed[0].n

@@ -52,8 +52,7 @@ def test_batched_vec_env_gives_the_same_episodes_as_dummy_vec_env():
 
 def test_one_verify_batch_call_per_vector_step():
     venv = RSDVecEnv.from_env(_make(), 4)
-    verifier = venv.raw[0].verifier
-    assert all(r.verifier is verifier for r in venv.raw)
+    verifier = venv.base_env.verifier
     calls = []
     original = verifier.verify_batch
     verifier.verify_batch = lambda requests: calls.append(len(requests)) or original(requests)
@@ -65,11 +64,11 @@ def test_one_verify_batch_call_per_vector_step():
 
 def test_envs_in_their_commit_step_get_no_verifier_call():
     venv = RSDVecEnv.from_env(_make(), 4)
-    verifier = venv.raw[0].verifier
+    verifier = venv.base_env.verifier
     requests = []
     original = verifier.verify_batch
     verifier.verify_batch = lambda reqs: requests.append([t.task_id for t, _ in reqs]) or original(reqs)
-    ids = [t.task_id for t in venv.raw[0].tasks[:4]]
+    ids = [t.task_id for t in venv.base_env.tasks[:4]]
     venv.reset_to(ids, budgets=[1, 2, 1, 2])
     passes = verifier.stats.forward_passes
     steps = [venv.step_some(range(4), np.zeros((4, 20), dtype=np.float32)),
@@ -118,4 +117,30 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="one task id per env"):
         venv.reset_to(["x"])
     with pytest.raises(ValueError, match="one budget per env"):
-        venv.reset_to([t.task_id for t in venv.raw[0].tasks[:2]], budgets=[1])
+        venv.reset_to([t.task_id for t in venv.base_env.tasks[:2]], budgets=[1])
+
+
+def test_ppo_trains_through_the_adapter():
+    import torch
+    from stable_baselines3 import PPO
+
+    venv = RSDVecEnv.from_env(_make(), 4)
+    model = PPO("MultiInputPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu",
+                policy_kwargs={"net_arch": [16]})
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(64)
+    assert model.num_timesteps >= 64 and len(model.ep_info_buffer) > 0  # episodes ended and were recorded
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+
+
+def test_adapter_is_a_thin_layer_over_the_gymnasium_vector_env():
+    from rsd_env.vector import RSDRankVectorEnv
+
+    venv = RSDVecEnv.from_env(_make(), 3)
+    assert isinstance(venv.vector_env, RSDRankVectorEnv) and venv.vector_env.num_envs == 3
+    venv.seed(4)
+    obs = venv.reset()
+    core_obs, _ = RSDRankVectorEnv(3, env=_make()).reset(seed=4)  # same seeds, same first observations
+    for key in obs:
+        np.testing.assert_array_equal(obs[key], core_obs[key])
+    assert venv.get_attr("budget") == [2, 2, 2] and len(venv.get_attr("task")) == 3

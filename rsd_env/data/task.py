@@ -44,6 +44,10 @@ class RankingTask:
         if self.domain not in ("ir", "rec"):
             raise ValueError(f"task {self.task_id!r}: domain must be 'ir' or 'rec', got {self.domain!r}")
 
+    def __hash__(self) -> int:
+        # tasks key every per-task cache; hashing all candidates' texts dominated a simulated env step
+        return hash(self.task_id)
+
     @property
     def n(self) -> int:
         return len(self.candidates)

@@ -126,6 +126,21 @@ def validate_ranking(task: RankingTask, ranking: Sequence[int] | np.ndarray) -> 
     return arr.astype(np.int64)
 
 
+def validate_rankings(requests: Sequence[tuple[RankingTask, Sequence[int] | np.ndarray]]
+                      ) -> list[tuple[RankingTask, np.ndarray]]:
+    """``validate_ranking`` for a batch: one sort when all are integer arrays of one size, else one by one
+    (which also names the first bad ranking)."""
+    arrays = [np.asarray(ranking) for _, ranking in requests]
+    sizes = {task.n for task, _ in requests}
+    if len(sizes) == 1:
+        n = sizes.pop()
+        if all(a.shape == (n,) and a.dtype.kind in "iu" for a in arrays):
+            stacked = np.stack(arrays).astype(np.int64)
+            if (np.sort(stacked, axis=1) == np.arange(n)).all():
+                return [(task, row) for (task, _), row in zip(requests, stacked)]
+    return [(task, validate_ranking(task, a)) for (task, _), a in zip(requests, arrays)]
+
+
 def greedy_acceptance(ranking: np.ndarray, logprobs: np.ndarray) -> tuple[int, int | None]:
     """Accepted prefix length and correction item, from the verification rows.
 
@@ -140,6 +155,22 @@ def greedy_acceptance(ranking: np.ndarray, logprobs: np.ndarray) -> tuple[int, i
             return i, best
         used[best] = True
     return n, None
+
+
+def greedy_acceptance_batch(rankings: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``greedy_acceptance`` for k proposals of m items at once: accepted (k,) and correction (k,), -1 = none.
+
+    ``rankings`` is (k, m), ``logprobs`` (k, m, m); same rule and tie-break as the one-by-one version.
+    """
+    k, m = rankings.shape
+    place = np.empty_like(rankings)
+    np.put_along_axis(place, rankings, np.arange(m)[None].repeat(k, 0), axis=1)  # item -> its position
+    used = place[:, None, :] < np.arange(m)[None, :, None]  # (k, position, item): placed earlier
+    best = np.argmax(np.where(used, -np.inf, logprobs), axis=2)  # greedy item at every position
+    wrong = best != rankings
+    accepted = np.where(wrong.any(axis=1), wrong.argmax(axis=1), m)
+    correction = np.where(accepted < m, best[np.arange(k), np.minimum(accepted, m - 1)], -1)
+    return accepted, correction
 
 
 class Verifier(ABC):
@@ -186,15 +217,16 @@ class Verifier(ABC):
         self, requests: Sequence[tuple[RankingTask, Sequence[int] | np.ndarray]]
     ) -> list[Verification]:
         """Verify several (task, ranking) pairs; backends share one pass via ``_verify_rows_batch``."""
-        checked = [(task, validate_ranking(task, ranking)) for task, ranking in requests]
+        checked = validate_rankings(requests)
         if not checked:
             return []
         self.stats.forward_passes += VERIFY_PASSES * len(checked)
-        out = []
-        for (_, arr), rows in zip(checked, self._verify_rows_batch(checked)):
-            rows = np.asarray(rows, dtype=np.float64)
-            out.append(Verification(arr, rows, *greedy_acceptance(arr, rows)))
-        return out
+        rows = [np.asarray(r, dtype=np.float64) for r in self._verify_rows_batch(checked)]
+        if len({arr.shape[0] for _, arr in checked}) == 1:  # one size: acceptance for all in one call
+            accepted, correction = greedy_acceptance_batch(np.stack([a for _, a in checked]), np.stack(rows))
+            return [Verification(arr, r, int(a), None if c < 0 else int(c))
+                    for (_, arr), r, a, c in zip(checked, rows, accepted, correction)]
+        return [Verification(arr, r, *greedy_acceptance(arr, r)) for (_, arr), r in zip(checked, rows)]
 
     def _verify_rows_batch(self, requests: Sequence[tuple[RankingTask, np.ndarray]]) -> list[np.ndarray]:
         """Rows for validated (task, ranking) pairs; the default verifies them one by one."""

@@ -13,6 +13,7 @@ with ``w_i = i / (N - 1)`` growing with the position. Quality follows the task's
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -61,19 +62,24 @@ class SimulatedVerifier(Verifier):
         return quality, emb @ emb.T
 
     def _rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
+        return self._rows_stacked([task], np.asarray(ranking)[None])[0]
+
+    def _rows_stacked(self, tasks: Sequence[RankingTask], rankings: np.ndarray) -> np.ndarray:
+        """(k, m, m) rows for k tasks of m items each and their proposals (k, m), in one numpy pass."""
         p = self.params
-        quality, sims = self._latent(task)
-        n = task.n
-        logits = np.empty((n, n))
-        worst = np.full(n, -1.0)  # running max similarity to the prefix
-        for i in range(n):
-            context = 0.0
-            if i > 0:
-                last = ranking[i - 1]
-                worst = np.maximum(worst, sims[last])
-                context = p["cohesion"] * sims[last] - p["redundancy"] * np.clip(worst, 0.0, None)
-            w = i / max(n - 1, 1)
-            logits[i] = quality + w * context
+        latents = [self._latent(task) for task in tasks]
+        quality = np.stack([q for q, _ in latents]) if len(tasks) > 1 else latents[0][0][None]  # (k, m)
+        sims = np.stack([s for _, s in latents]) if len(tasks) > 1 else latents[0][1][None]  # (k, m, m)
+        k, m = rankings.shape
+        placed = sims[np.arange(k)[:, None], rankings]  # (k, m, m): row i = sim of the i-th placed item
+        # position i sees the item placed at i - 1 (cohesion) and the prefix's running max (redundancy)
+        last = placed[:, :-1]
+        worst = np.maximum.accumulate(last, axis=1)
+        context = p["cohesion"] * last - p["redundancy"] * np.clip(worst, 0.0, None)
+        w = np.arange(1, m)[:, None] / max(m - 1, 1)
+        logits = np.empty((k, m, m))
+        logits[:, 0] = quality
+        logits[:, 1:] = quality[:, None, :] + w * context
         return _log_softmax(logits / p["temperature"])
 
     def _first_token(self, task: RankingTask) -> np.ndarray:
@@ -84,6 +90,20 @@ class SimulatedVerifier(Verifier):
     def _verify_rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
         with self.timed("verify", tokens=task.n):
             return self._rows(task, ranking)
+
+    def _verify_rows_batch(self, requests: Sequence[tuple[RankingTask, np.ndarray]]) -> list[np.ndarray]:
+        """All proposals of one task size in one numpy call (a vector env's step is one call)."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        by_size: dict[int, list[int]] = {}
+        for i, (task, _) in enumerate(requests):
+            by_size.setdefault(task.n, []).append(i)
+        for members in by_size.values():
+            with self.timed("verify", tokens=sum(requests[i][0].n for i in members)):
+                rows = self._rows_stacked([requests[i][0] for i in members],
+                                          np.stack([requests[i][1] for i in members]))
+            for i, r in zip(members, rows):
+                out[i] = r
+        return out  # type: ignore[return-value]
 
     def _decode_target(self, task: RankingTask) -> np.ndarray:
         """Greedy AR, one simulated decode step per position (nothing is cached)."""
