@@ -1,0 +1,159 @@
+"""Fit the simulated verifier so that cheap methods agree with it as much as they do with the real LLM.
+
+    python -m experiments.calibrate_simulator                    # measure the bundled target on DL20, fit, write
+    python -m experiments.calibrate_simulator --real-stats results/calibration/real.json --trials 50
+
+What is tuned on a simulator only transfers if the simulator poses the same problem: how far the
+single-token ranking is from AR, how fast left-to-right SD closes the gap, and how much an up-to-down
+decode of the verified rows recovers. So the fit matches the mean Kendall tau (vs each side's own target)
+of STD, SD and the heuristic decoder at the configured budgets, measured on the bundled real target on
+DL20 (never DL19, the test set), with the simulator on RSDRankSim-v0's own synthetic tasks. The search is
+Optuna's seeded TPE over the ranges in ``configs/calibrate.yaml`` (deterministic for a given config). The
+fitted parameters and both sides' statistics become the ``calibrated`` profile in
+``rsd_env/verifiers/profiles/simulated.yaml`` (written atomically; other profiles are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.methods import evaluate, make_method, summarize
+from rsd_env.data import load_tasks
+from rsd_env.env import RSDRankEnv
+from rsd_env.io import write_text
+from rsd_env.verifiers import SimulatedVerifier, make_verifier
+from rsd_env.verifiers.simulated import PROFILES_FILE, load_profiles, profile_params
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "calibrate.yaml"
+Stat = tuple[str, int]
+
+
+def stat_key(stat: Stat) -> str:
+    return f"{stat[0]}@T={stat[1]}"
+
+
+def measure(tasks: list, verifier: Any, stats: list[Stat], env_config: dict[str, Any] | None = None,
+            progress: bool = False) -> dict[str, float]:
+    """Mean Kendall tau vs the verifier's own target for every (method, T) in ``stats``.
+
+    ``env_config``: env options both sides share (e.g. ``commit_step``), so the protocol is the same.
+    """
+    out: dict[str, float] = {}
+    for budget in sorted({t for _, t in stats}):
+        env = RSDRankEnv({**(env_config or {}), "tasks": tasks, "verifier": verifier, "budget": budget})
+        for method, t in stats:
+            if t == budget:
+                if progress:
+                    print(f"  measuring {method} at T={t} on {len(tasks)} tasks ...", flush=True)
+                out[stat_key((method, t))] = summarize(evaluate(make_method(method), env))["kendall_tau"]
+    return out
+
+
+def real_stats(config: dict[str, Any], stats: list[Stat]) -> dict[str, Any]:
+    real = config["real"]
+    tasks = load_tasks(real["dataset"], real.get("split", "all"))
+    verifier = make_verifier(real["verifier"], **real.get("verifier_kwargs", {}))
+    start = time.perf_counter()
+    values = measure(tasks, verifier, stats, config.get("env"), progress=True)
+    return {"verifier": real["verifier"], "dataset": real["dataset"], "tasks": len(tasks), "env": config.get("env"),
+            "seconds": round(time.perf_counter() - start, 1), "kendall_tau": values}
+
+
+def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], trials: int) -> dict[str, Any]:
+    """Seeded TPE over the configured ranges, minimising the squared gaps to ``target``."""
+    import optuna
+
+    sim = config["sim"]
+    tasks = load_tasks(sim["dataset"], sim.get("split", "train"), count=sim.get("count", 256))
+    base = profile_params("legacy")
+    space = config["search"]["space"]
+    keys = [stat_key(s) for s in stats]
+
+    def simulate(params: dict[str, float]) -> dict[str, float]:
+        return measure(tasks, SimulatedVerifier("legacy", **params), stats, config.get("env"))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in space.items()}
+        got = simulate(params)
+        trial.set_user_attr("stats", got)
+        return float(sum((got[k] - target[k]) ** 2 for k in keys))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize",
+                                sampler=optuna.samplers.TPESampler(seed=config["search"].get("seed", 0)))
+    study.optimize(objective, n_trials=trials, show_progress_bar=sys.stderr.isatty())
+    best = study.best_trial
+    params = {**base, **{k: round(v, 4) for k, v in best.params.items()}}
+    got = simulate({k: params[k] for k in space})  # the rounded parameters are what ships
+    gaps = {k: got[k] - target[k] for k in keys}
+    return {"params": params, "simulated": got, "gaps": gaps, "max_gap": max(abs(g) for g in gaps.values()),
+            "trials": trials, "sim_tasks": len(tasks)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="calibrate_simulator", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--real-stats", help="JSON written by an earlier run (skips measuring the real target)")
+    p.add_argument("--output", default="results/calibration", help="folder for real.json and fit.json")
+    p.add_argument("--trials", type=int, help="search trials (default: the config's)")
+    p.add_argument("--profiles", default=str(PROFILES_FILE), help="profiles YAML to update")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, but do not write the profile")
+    args = p.parse_args(argv)
+    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    stats: list[Stat] = [(str(m), int(t)) for m, t in config["stats"]]
+    out = Path(args.output)
+
+    if args.real_stats:
+        real = json.loads(Path(args.real_stats).read_text(encoding="utf-8"))
+        missing = [stat_key(s) for s in stats if stat_key(s) not in real["kendall_tau"]]
+        if missing:
+            p.error(f"{args.real_stats} lacks {missing}; rerun without --real-stats to measure them")
+        if (real.get("env") or {}) != (config.get("env") or {}):
+            p.error(f"{args.real_stats} was measured with env {real.get('env')}, the config asks for "
+                    f"{config.get('env')}; rerun without --real-stats to measure the real target again")
+    else:
+        print(f"measuring the real target ({config['real']['verifier']}, {config['real']['dataset']}) ...")
+        real = real_stats(config, stats)
+        write_text(out / "real.json", json.dumps(real, indent=2))
+    target = real["kendall_tau"]
+
+    trials = args.trials or int(config["search"]["trials"])
+    start = time.perf_counter()
+    result = fit(config, stats, target, trials)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_text(out / "fit.json", json.dumps({"real": real, **result}, indent=2))
+
+    tol = float(config["tolerance"])
+    print(f"\n{'statistic':<16}{'real':>8}{'simulated':>11}{'gap':>8}")
+    for key, gap in result["gaps"].items():
+        flag = "" if abs(gap) <= tol else "  > tolerance"
+        print(f"{key:<16}{target[key]:>8.3f}{result['simulated'][key]:>11.3f}{gap:>+8.3f}{flag}")
+    print(f"max gap {result['max_gap']:.4f} (tolerance {tol}); parameters {result['params']}")
+
+    if not args.dry_run:
+        profiles = load_profiles(args.profiles)
+        profiles["calibrated"] = {
+            "description": (f"fitted by experiments/calibrate_simulator.py to the {real['verifier']} target on "
+                            f"{real['dataset']} ({real['tasks']} tasks), {trials} TPE trials"),
+            "params": result["params"],
+            "fit": {"real_kendall_tau": {k: round(target[k], 4) for k in result["simulated"]},
+                    "simulated_kendall_tau": {k: round(v, 4) for k, v in result["simulated"].items()},
+                    "max_gap": round(result["max_gap"], 4), "tolerance": tol, "env": config.get("env") or {},
+                    "sim_data": f"{config['sim']['dataset']} {config['sim'].get('split', 'train')} "
+                                f"x{result['sim_tasks']}"},
+        }
+        header = "# Named parameter sets of the simulated verifier (rsd_env/verifiers/simulated.py).\n"
+        write_text(args.profiles, header + yaml.safe_dump(profiles, sort_keys=False, width=110))
+        print(f"wrote the calibrated profile to {args.profiles}")
+    return 0 if result["max_gap"] <= tol else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
