@@ -19,7 +19,7 @@ def test_calibrated_is_the_default_and_legacy_stays_available():
     assert SimulatedVerifier("legacy", seed=3).params["seed"] == 3
     with pytest.raises(ValueError, match="unknown simulator profile 'nope'"):
         SimulatedVerifier("nope")
-    with pytest.raises(TypeError, match="unknown simulator parameters"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['cohesionn'\] for verifier 'simulated'"):
         SimulatedVerifier(cohesionn=1.0)
 
 

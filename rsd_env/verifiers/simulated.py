@@ -69,7 +69,8 @@ class SimulatedVerifier(Verifier):
         super().__init__()
         unknown = sorted(set(overrides) - set(PARAMETERS))
         if unknown:
-            raise TypeError(f"unknown simulator parameters {unknown}; valid: {list(PARAMETERS)}")
+            raise ValueError(f"unknown option(s) {unknown} for verifier 'simulated'; valid options: "
+                             f"{['profile', *PARAMETERS]}")
         self.profile = profile
         self.params = {**profile_params(profile), **overrides}
         self.params["seed"], self.params["dim"] = int(self.params["seed"]), int(self.params["dim"])
