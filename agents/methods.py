@@ -123,7 +123,7 @@ class RankingMethod:
                             cost.tokens, wall_ms, info)
 
     def _prepare(self, verifier) -> None:
-        if self.cold and hasattr(verifier, "clear_cache"):
+        if self.cold:
             verifier.clear_cache()
 
     def __repr__(self) -> str:

@@ -71,7 +71,7 @@ def ndcg10(tasks: list[RankingTask], orders: list[list[int]]) -> float:
 
 def evaluate(ranker: Any, dl19: list[RankingTask], ml: list[RankingTask], seeds: tuple[int, int] = (1, 2),
              teacher: MiniLMTeacher | None = None) -> dict[str, Any]:
-    """All metrics of the issue for one ranker (see the module docstring)."""
+    """All the adapter's acceptance metrics for one ranker (see the module docstring)."""
     t0 = time.time()
     views = {"bm25": dl19, **{f"shuf{s}": [reorder(t, 7919 * s + k, f"#s{s}") for k, t in enumerate(dl19)]
                                for s in seeds}}
@@ -117,6 +117,14 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
+def adapter_label(adapter: str | Path | None) -> str | None:
+    """How the metrics name the adapter: "bundled", its folder name, or None; never a path of this machine."""
+    if adapter is None:
+        return None
+    path = Path(adapter).expanduser().resolve()
+    return "bundled" if path == SHIPPED_ADAPTER.resolve() else path.name
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="base model folder (default: the bundled Gemma 3 270M)")
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     dl19 = load_tasks("dl19", "all", n=20, max_tasks=args.dl19_queries)
     ml = load_tasks("ml-100k", split="test", n=20, history=10, seed=0, max_tasks=args.ml_users)
     res = evaluate(ranker, dl19, ml, teacher=None if args.no_teacher else MiniLMTeacher())
-    res["config"] = {"adapter": adapter, "passage_tokens": args.passage_tokens, "device": args.device,
+    res["config"] = {"adapter": adapter_label(adapter), "passage_tokens": args.passage_tokens, "device": args.device,
                      "dl19_queries": len(dl19), "ml_users": len(ml)}
     text = json.dumps(res, indent=2)
     print(text)

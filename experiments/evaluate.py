@@ -206,9 +206,7 @@ def run_dataset(envs: dict[int, RSDRankEnv], entries: Sequence[MethodEntry], dat
     """
     first, *_ = envs.values()
     verifier = first.verifier
-    forget = getattr(verifier, "clear_cache", None)
-    if forget is not None:
-        forget()  # prompts cached earlier in this process (training) would hide their prefill cost
+    verifier.clear_cache()  # prompts cached earlier in this process (training) would hide their prefill cost
     records = []
     for task in tqdm(first.tasks, desc=dataset, disable=not progress):
         prefill = measure_prefill(verifier, task)  # warm-up: the prompt prefill, then the AR target

@@ -1,4 +1,4 @@
-"""The shipped ranking adapter must rank by content, not by position (issue 7), so a broken one cannot land.
+"""The shipped ranking adapter must rank by content, not by position, so a broken one cannot land.
 
 The bundled base model copies the presentation order (tau ~ 0.98 with the order shown, ~ -1 between a
 ranking and the ranking of the reversed list); the adapter must not. Three DL19 tasks, two seeded
@@ -21,7 +21,7 @@ from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS
 pytestmark = [
     pytest.mark.llm,
     pytest.mark.skipif(not (SHIPPED_ADAPTER / "adapter_model.safetensors").exists(),
-                       reason="no ranking adapter shipped yet (issue 7)"),
+                       reason="no ranking adapter shipped yet"),
 ]
 
 

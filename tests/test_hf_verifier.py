@@ -182,6 +182,23 @@ def test_prompt_over_context_length_is_a_clear_error(
         verifier.first_token_scores(task)
 
 
+def test_cold_start_with_and_without_the_instruction_kv(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    """A new process prefills the shared instruction too; a deployed ranker's cold start only the task's tokens."""
+    task = tasks[0]
+    head, body, _ = verifier.encode(task)
+    assert head and body
+    scores = {}
+    for keep_instruction, prefilled in ((False, len(head) + len(body)), (True, len(body))):
+        verifier.first_token_scores(task)  # whatever ran before, the instruction KV is held now
+        verifier.clear_cache(keep_instruction=keep_instruction)
+        before = verifier.stats.snapshot()
+        scores[keep_instruction] = verifier.first_token_scores(task)
+        spent = verifier.stats.since(before)
+        assert spent.tokens == prefilled and spent.forward_passes == 1
+        assert spent.calls["prefill"] == (1 if keep_instruction else 2)
+    np.testing.assert_allclose(scores[True], scores[False], atol=ATOL)
+
+
 class _TwoTokenTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
         return {"input_ids": [7, 8]}

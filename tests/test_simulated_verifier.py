@@ -105,3 +105,15 @@ def test_batched_rows_and_acceptance_equal_one_by_one(tasks):
     assert batched.stats.forward_passes == single.stats.forward_passes == len(requests) + len(same_size)
     assert batched.stats.calls["verify"] == 3  # one numpy call per task size and batch
     assert batched.verify_batch(same_size)[-1].accepted == mixed[0].n
+
+
+def test_clear_cache_is_on_every_verifier_and_a_no_op_by_default(tasks):
+    """Callers forget a verifier's caches without probing for the method; one that keeps none is unchanged."""
+    v, t = SimulatedVerifier(), tasks[2]
+    assert SimulatedVerifier.clear_cache is Verifier.clear_cache  # the base class's default
+    rows = v.verify(t, np.arange(t.n)).logprobs
+    before = v.stats.snapshot()
+    for options in ({}, {"keep_prompts": True}, {"keep_instruction": True}):
+        assert v.clear_cache(**options) is None
+    assert v.stats.since(before).forward_passes == 0
+    np.testing.assert_array_equal(v.verify(t, np.arange(t.n)).logprobs, rows)

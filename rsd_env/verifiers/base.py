@@ -254,6 +254,23 @@ class Verifier(ABC):
             ranking = list(Verification(arr, np.empty(0), accepted, correction).verified_prefix)
         return np.asarray(ranking, dtype=np.int64)
 
+    def clear_cache(self, keep_prompts: bool = False, keep_instruction: bool = False) -> None:
+        """Forget what earlier calls left in memory, so that the next call costs what a cold one does.
+
+        The default has nothing to forget; backends that keep KV states or targets in memory override it.
+        Two cold starts, by what survives:
+
+        - ``keep_instruction=False`` (default): nothing, not even the KV of the instruction shared by all
+          prompts; the next prompt pays for the instruction too. This is a freshly started process.
+        - ``keep_instruction=True``: only the shared instruction KV; the next prompt pays for its own
+          tokens. This is a deployed ranker that has served one query before, and the honest cold start of
+          a method in the tables, which count the instruction as amortised (tokens, no pass).
+
+        ``keep_prompts`` keeps every prompt's KV and drops only verified proposals and in-memory targets,
+        so that a method pays for its own verifications on a prompt another method prefilled.
+        """
+        return None  # nothing is kept in memory by default
+
     def fingerprint(self) -> str:
         """Identifies the model and settings, for on-disk caches of targets."""
         return self.name
