@@ -216,8 +216,7 @@ def run_dataset(envs: dict[int, RSDRankEnv], entries: Sequence[MethodEntry], dat
             for entry in entries:
                 if entry.budget_free and k > 0:
                     continue
-                if forget is not None:
-                    forget(keep_prompts=True)
+                verifier.clear_cache(keep_prompts=True)
                 runner: Any = env
                 if entry.deadline_ms is not None or entry.adaptive is not None:
                     runner = RoundControl(env, entry.deadline_ms, entry.adaptive, agent_value_fn(entry.method),
