@@ -19,12 +19,11 @@ import numpy as np
 from rsd_env.data import RankingTask
 from rsd_env.env import RSDRankEnv
 from rsd_env.metrics import agreement, agreement_metrics, ndcg_at_k
-from rsd_env.verifiers.base import greedy_fill
 
 __all__ = [
     "MethodResult", "RankingMethod", "ARMethod", "STDMethod", "SDMethod", "DecoderMethod", "HeuristicMethod",
     "StaleAwareMethod", "SDDecodeMethod", "RandomMethod", "IdentityMethod", "AgentMethod", "make_method",
-    "evaluate", "summarize", "order_to_action", "verified_prefix", "latest_round", "METHODS", "DECODERS",
+    "evaluate", "summarize", "order_to_action", "METHODS", "DECODERS",
 ]
 
 
@@ -52,23 +51,6 @@ def order_to_action(order: np.ndarray, n: int) -> np.ndarray:
 def first_token_order(obs: dict[str, np.ndarray], m: int) -> np.ndarray:
     """The task's m items by single-token score (ties: presentation order)."""
     return np.argsort(-obs["first_token"][:m], kind="stable")
-
-
-def verified_prefix(obs: dict[str, np.ndarray], m: int) -> np.ndarray:
-    """The locked items in their committed order."""
-    locked = obs["locked"][:m] > 0
-    return np.asarray([j for j in np.argsort(obs["committed"][:m], kind="stable") if locked[j]], dtype=np.int64)
-
-
-def latest_round(obs: dict[str, np.ndarray], m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The latest verified round: its (m, m) rows [position, item] and each item's slot in its proposal."""
-    done = int(obs["round"][0])
-    if done < 1:
-        raise ValueError("no verified round yet")
-    n = obs["first_token"].shape[0]
-    rows = obs["verified"].reshape(-1, n, n)[done - 1, :m, :m]
-    slots = obs["proposals"].reshape(-1, n)[done - 1, :m].astype(np.int64)
-    return rows, slots
 
 
 class RankingMethod:
@@ -162,10 +144,14 @@ class DecoderMethod(RankingMethod):
     """
 
     hand_written_decoder = True
+    decoder: str = ""  # the name in agents.decoders (one implementation, shared with the residual policy)
 
     def decode(self, obs: dict[str, np.ndarray], m: int) -> np.ndarray:
         """A full ranking of the task's m items: the verified prefix, then the decoded rest."""
-        raise NotImplementedError
+        from agents.decoders import decode, read_observation  # torch only for the decoders' methods
+        from agents.policy import obs_to_tensors
+
+        return decode(read_observation(obs_to_tensors(obs)), self.decoder)[0].numpy()[:m]
 
     def act(self, obs, env):
         m = env.task.n
@@ -183,10 +169,7 @@ class HeuristicMethod(DecoderMethod):
     """
 
     name = "heuristic"
-
-    def decode(self, obs, m):
-        rows, _ = latest_round(obs, m)
-        return greedy_fill(rows, verified_prefix(obs, m), m)
+    decoder = "heuristic"
 
 
 class StaleAwareMethod(DecoderMethod):
@@ -199,12 +182,7 @@ class StaleAwareMethod(DecoderMethod):
     """
 
     name = "stale-aware"
-
-    def decode(self, obs, m):
-        rows, slots = latest_round(obs, m)
-        own = rows[slots, np.arange(m)]  # each item's log-prob at its own slot
-        fresh = slots[None, :] >= np.arange(m)[:, None]  # row p was conditioned on a prefix without item j
-        return greedy_fill(np.where(fresh, rows, own[None, :]), verified_prefix(obs, m), m)
+    decoder = "stale_aware"
 
 
 class SDDecodeMethod(HeuristicMethod):

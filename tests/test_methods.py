@@ -97,7 +97,8 @@ def test_stale_aware_decoder_keeps_the_rejected_items_own_evidence():
     obs = {"first_token": np.zeros(n, np.float32), "round": np.array([1.0]),
            "verified": np.concatenate([rows[None], np.full((1, n, n), np.log(0.25))]).ravel(),
            "proposals": np.array([0, 1, 2, 3, -1, -1, -1, -1], dtype=np.float32),
-           "locked": np.array([0, 1, 0, 0], np.float32), "committed": np.array([1, 0, 2, 3], np.float32)}
+           "locked": np.array([0, 1, 0, 0], np.float32), "committed": np.array([1, 0, 2, 3], np.float32),
+           "valid": np.ones(n, np.float32)}
     np.testing.assert_array_equal(HeuristicMethod().decode(obs, n), [1, 2, 3, 0])  # 0 sinks to the bottom
     np.testing.assert_array_equal(StaleAwareMethod().decode(obs, n), [1, 0, 3, 2])
 

@@ -46,18 +46,6 @@ def best_unused(row: np.ndarray, used: np.ndarray) -> int:
     return int(np.argmax(np.where(used, -np.inf, row)))
 
 
-def greedy_fill(rows: np.ndarray, prefix: Sequence[int], n: int) -> np.ndarray:
-    """``prefix`` then, at every later position p, the best unused item under ``rows[p]``."""
-    used = np.zeros(n, dtype=bool)
-    order = [int(j) for j in prefix]
-    used[order] = True
-    for pos in range(len(order), n):
-        best = best_unused(rows[pos], used)
-        order.append(best)
-        used[best] = True
-    return np.asarray(order, dtype=np.int64)
-
-
 @dataclass(frozen=True)
 class Verification:
     """The LLM's listwise knowledge about one proposed ranking, from one parallel pass.
