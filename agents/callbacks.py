@@ -64,6 +64,33 @@ class CheckpointEvery(_Every):
         save_agent(self.model, self.last)
 
 
+class WarmStartSnapshot(BaseCallback):
+    """Saves ``path`` once: the model as the supervised warm start left it, before the first RL update.
+
+    RPO decides per batch: a batch collected past ``warm_start_timesteps`` trains the RL stage. So the
+    snapshot is taken at the end of that batch's collection (its update has not run yet), which makes
+    "warm start only" vs "warm start + RL" an exact comparison of the same run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._before = 0
+
+    def _on_rollout_start(self) -> None:
+        self._before = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        warm = int(getattr(self.model, "warm_start_timesteps", 0) or 0)
+        if 0 < warm and self._before <= warm < self.num_timesteps:
+            from agents import save_agent
+
+            save_agent(self.model, self.path, meta={"stage": "warm start only"})
+
+
 class RankingEvalCallback(_Every):
     """Greedy evaluation on held-out tasks: agreement with the target, Kendall tau, NDCG@10.
 

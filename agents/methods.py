@@ -290,8 +290,8 @@ DECODERS: tuple[str, ...] = tuple(name for name, cls in METHODS.items() if cls.h
 
 
 def make_method(spec: str, **kwargs: Any) -> RankingMethod:
-    """A method by name (``METHODS``: ``ar std sd heuristic stale-aware sd-decode random identity``) or
-    ``agent:<checkpoint path>``.
+    """A method by name (``METHODS``: ``ar std sd heuristic stale-aware sd-decode random identity``),
+    ``agent:<checkpoint path>``, or ``shipped`` (``shipped:<name>``): an agent shipped in ``agents.pretrained``.
 
     ``deadline_ms`` (any method) enables anytime mode; for agents ``name`` and ``min_gain`` go to
     ``AgentMethod`` and the other kwargs to ``load_agent`` (e.g. ``algorithm=``).
@@ -299,6 +299,11 @@ def make_method(spec: str, **kwargs: Any) -> RankingMethod:
     if not isinstance(spec, str):
         raise TypeError(f"method spec must be a string, got {type(spec).__name__}")
     deadline_ms = kwargs.pop("deadline_ms", None)
+    if spec == "shipped" or spec.startswith("shipped:"):  # an agent shipped in agents/pretrained
+        from agents.pretrained import pretrained_path
+
+        kwargs.setdefault("name", spec)
+        spec = f"agent:{pretrained_path(spec.partition(':')[2] or 'shipped')}"
     if spec.startswith("agent:"):
         from agents import load_agent
 
@@ -308,7 +313,8 @@ def make_method(spec: str, **kwargs: Any) -> RankingMethod:
     elif spec in METHODS:
         method = METHODS[spec](**kwargs)
     else:
-        raise ValueError(f"unknown method {spec!r}; choose one of {sorted(METHODS)} or 'agent:<checkpoint>'")
+        raise ValueError(f"unknown method {spec!r}; choose one of {sorted(METHODS)}, 'agent:<checkpoint>' "
+                         "or 'shipped'")
     method.deadline_ms = deadline_ms
     return method
 

@@ -14,7 +14,8 @@ position, at its own slot in that round's proposal, at the first free position a
 conditioned on exactly the committed prefix (fresh for every free item), and whether that row
 was conditioned on exactly the prefix the decode gives it (the proposal and the decoded order agree up
 to the item's position) or is stale. Rounds are pooled by their mean plus the latest round, so the
-network does not depend on how many rounds the budget T allows.
+network does not depend on how many rounds the budget T allows. ``history="latest"`` keeps only the latest
+round (the paper's "no cross-round knowledge" ablation).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = ["ResidualItemExtractor", "ResidualScoreHead", "ResidualRankingPolicy"
 
 ROUND_FEATURES = 16
 STATIC_FEATURES = 12 + len(DECODERS)
+HISTORIES = ("all", "latest")
 
 
 def _confidence(evidence: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -107,7 +109,10 @@ class ResidualItemExtractor(BaseFeaturesExtractor):
 
     def __init__(self, observation_space: spaces.Dict, d_model: int = 64, n_layers: int = 1, n_heads: int = 4,
                  dropout: float = 0.0, decoder: str = "heuristic", base_scale: float = 1.0,
-                 learn_scale: bool = True) -> None:
+                 learn_scale: bool = True, history: str = "all") -> None:
+        if history not in HISTORIES:
+            raise ValueError(f"history must be one of {HISTORIES} (which verified rounds the policy reads), "
+                             f"got {history!r}")
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
         if base_scale <= 0:
@@ -116,7 +121,7 @@ class ResidualItemExtractor(BaseFeaturesExtractor):
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         n = observation_space["first_token"].shape[0]
         super().__init__(observation_space, features_dim=n * (d_model + 2))
-        self.n, self.d_model, self.decoder = n, d_model, decoder
+        self.n, self.d_model, self.decoder, self.history = n, d_model, decoder, history
         self.log_scale = nn.Parameter(torch.tensor(math.log(base_scale)), requires_grad=learn_scale)
         self.static = nn.Linear(STATIC_FEATURES, d_model)
         self.round_in = nn.Sequential(nn.Linear(ROUND_FEATURES, d_model), nn.GELU(), nn.Linear(d_model, d_model))
@@ -133,6 +138,8 @@ class ResidualItemExtractor(BaseFeaturesExtractor):
             raise ValueError(f"this policy was built for N={self.n} items, the observation has {n}")
         order, static, rounds, filled = residual_features(x, self.decoder)
         z = self.round_in(rounds)  # (B, T, N, d)
+        if self.history == "latest":  # forget every round but the latest one
+            filled = filled & (torch.arange(t, device=filled.device)[None, :] == x.latest[:, None])
         w = filled.float()[:, :, None, None]
         mean = (z * w).sum(1) / w.sum(1).clamp(min=1.0)
         latest = z.gather(1, x.latest.view(b, 1, 1, 1).expand(b, 1, n, self.d_model))[:, 0] * w.amax(1)
@@ -171,7 +178,8 @@ class ResidualRankingPolicy(RankingPolicy):
     Select it with ``agents.make("rpo", env, policy="ResidualRankingPolicy", policy_kwargs={...})`` or in a
     training YAML with ``policy: ResidualRankingPolicy``. ``policy_kwargs``: ``decoder``
     (``heuristic`` or ``stale_aware``), ``base_scale`` (initial score gap between decoded neighbours),
-    ``learn_scale``, and the Transformer's ``d_model``, ``n_layers``, ``n_heads``, ``dropout``.
+    ``learn_scale``, ``history`` (``all`` rounds or only the ``latest``: an ablation), and the Transformer's
+    ``d_model``, ``n_layers``, ``n_heads``, ``dropout``.
     """
 
     extractor_class = ResidualItemExtractor
@@ -179,8 +187,8 @@ class ResidualRankingPolicy(RankingPolicy):
 
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box, lr_schedule,
                  decoder: str = "heuristic", base_scale: float = 1.0, learn_scale: bool = True,
-                 n_layers: int = 1, **kwargs: Any) -> None:
-        options = dict(decoder=decoder, base_scale=base_scale, learn_scale=learn_scale)
+                 history: str = "all", n_layers: int = 1, **kwargs: Any) -> None:
+        options = dict(decoder=decoder, base_scale=base_scale, learn_scale=learn_scale, history=history)
         kwargs["features_extractor_kwargs"] = options
         super().__init__(observation_space, action_space, lr_schedule, n_layers=n_layers, **kwargs)
         self.arch.update(options)

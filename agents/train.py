@@ -21,6 +21,7 @@ import inspect
 import json
 import numbers
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -468,37 +469,54 @@ def _resume(config: TrainConfig, run: Path, train_env) -> tuple[Any, Path | None
 # ---- the run -------------------------------------------------------------------------------------
 def learn(session: Session) -> Path:
     """Train the prepared run to ``total_timesteps``; returns the final model's path. Releases the lock."""
-    import wandb
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import Logger, make_output_format
-    from wandb.integration.sb3 import WandbCallback
 
     import agents
-    from agents.callbacks import CheckpointEvery, RankingEvalCallback, ResumableCSVWriter, WandbWriter
+    from agents.callbacks import (
+        CheckpointEvery,
+        RankingEvalCallback,
+        ResumableCSVWriter,
+        WandbWriter,
+        WarmStartSnapshot,
+    )
 
     config, run, model, state = session.config, session.run, session.model, session.state
     resuming = session.resumed_from is not None
     last = run / "checkpoints" / "last.zip"
+    tracking = config.wandb.mode != "disabled"  # disabled: wandb is not even imported
+    wandb_run = None
     try:
-        wandb_run = wandb.init(project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-                               tags=config.wandb.tags, name=config.name(), id=state.get("wandb_id"),
-                               resume="allow", dir=str(run), mode=config.wandb.mode,
-                               config=dataclasses.asdict(config))
-        state["wandb_id"] = wandb_run.id
+        if tracking:
+            import wandb
+
+            wandb_run = wandb.init(project=config.wandb.project, entity=config.wandb.entity,
+                                   group=config.wandb.group, tags=config.wandb.tags, name=config.name(),
+                                   id=state.get("wandb_id"), resume="allow", dir=str(run), mode=config.wandb.mode,
+                                   config=dataclasses.asdict(config))
+            state["wandb_id"] = wandb_run.id
+        else:  # fixed at the first start, so tracking turned on later resumes one wandb run, not a new one
+            state.setdefault("wandb_id", secrets.token_hex(4))
         write_text(run / "state.json", json.dumps(state, indent=1))
-        outputs = [ResumableCSVWriter(run / "progress.csv", model.num_timesteps if resuming else None),
-                   WandbWriter(wandb_run)]
+        outputs = [ResumableCSVWriter(run / "progress.csv", model.num_timesteps if resuming else None)]
+        if wandb_run is not None:
+            outputs.append(WandbWriter(wandb_run))
         if config.verbose:
             outputs.insert(0, make_output_format("stdout", str(run)))
         model.set_logger(Logger(str(run), outputs))
 
         task_ids = [t.task_id for t in session.eval_env.tasks[: config.eval_tasks]]
-        callbacks = CallbackList([
+        side_work = [
             CheckpointEvery(config.checkpoint_freq, last, keep_dir=run / "checkpoints"),
+            WarmStartSnapshot(run / "warm_start.zip"),
             RankingEvalCallback(session.eval_env, task_ids, config.eval_freq, best_path=run / "best.zip",
                                 log_path=run / "eval.jsonl", best=session.best),
-            WandbCallback(verbose=0),
-        ])
+        ]
+        if wandb_run is not None:
+            from wandb.integration.sb3 import WandbCallback
+
+            side_work.append(WandbCallback(verbose=0))
+        callbacks = CallbackList(side_work)
         remaining = config.total_timesteps - model.num_timesteps
         try:
             if remaining > 0:
@@ -508,7 +526,8 @@ def learn(session: Session) -> Path:
             agents.save_agent(model, last)
         finally:
             model.logger.close()
-            wandb_run.finish()
+            if wandb_run is not None:
+                wandb_run.finish()
     finally:
         session.lock.release()
     return final

@@ -32,7 +32,7 @@ ValueFn = Callable[[dict[str, np.ndarray]], float]
 
 def disagreement_gain(env: RSDRankEnv, last_rows: np.ndarray, last_ranking: np.ndarray) -> float:
     """Model-free estimate of what one more round can still change (0 = the LLM agrees with the rest)."""
-    n, locked = len(last_ranking), int(env.unwrapped._locked)
+    n, locked = len(last_ranking), env.unwrapped.verified_prefix_length
     if locked >= n:
         return 0.0
     used = np.zeros(n, dtype=bool)

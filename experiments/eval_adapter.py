@@ -23,6 +23,7 @@ from scipy.stats import kendalltau
 from experiments.adapter_data import MiniLMTeacher, reorder
 from rsd_env.data import load_tasks
 from rsd_env.data.task import RankingTask
+from rsd_env.io import write_text
 from rsd_env.verifiers.hf import DEFAULT_PASSAGE_TOKENS, bundled_adapter_dir
 
 SHIPPED_ADAPTER = bundled_adapter_dir()
@@ -146,8 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(res, indent=2)
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

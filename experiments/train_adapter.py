@@ -33,6 +33,7 @@ import yaml
 
 from agents.plackett_luce import log_prob
 from experiments.adapter_data import Examples, prepare
+from rsd_env.io import atomic_path, write_json
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -187,18 +188,32 @@ def load_base(model_path: str, device: torch.device) -> Any:
 
 
 def save_adapter(model: Any, out: Path, meta: dict) -> None:
-    """peft adapter in bf16 (a few MB), pointing at the bundled base by name, plus training metadata."""
+    """peft adapter in bf16 (a few MB), pointing at the bundled base by name, plus training metadata.
+
+    Written to a staging folder beside ``out`` and swapped in whole, so a kill mid-save leaves the previous
+    adapter (or none), never a folder mixing two versions.
+    """
+    import shutil
+
     from safetensors.torch import load_file, save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    weights = out / "adapter_model.safetensors"
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging)
+    weights = staging / "adapter_model.safetensors"
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(weights).items()}, weights)
-    cfg_path = out / "adapter_config.json"
+    cfg_path = staging / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = BUNDLED_MODEL
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    (out / "training_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json(cfg_path, cfg, indent=2, sort_keys=True)
+    write_json(staging / "training_meta.json", meta, indent=2, sort_keys=True)
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.replace(old)
+    staging.replace(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,10 +332,9 @@ def _checkpoint(path: Path, model: Any, probe: torch.nn.Module, opt: Any, sched:
                 elapsed: float) -> None:
     from peft import get_peft_model_state_dict
 
-    tmp = path.with_suffix(".tmp")
-    torch.save({"adapter": get_peft_model_state_dict(model), "probe": probe.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "step": step, "elapsed": elapsed}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"adapter": get_peft_model_state_dict(model), "probe": probe.state_dict(),
+                    "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step, "elapsed": elapsed}, tmp)
 
 
 def _wandb(args: argparse.Namespace, total: int) -> Any:

@@ -50,15 +50,62 @@ def draw_budget(requested: Any, budget_range: tuple[int, int], max_budget: int, 
 
 
 class RSDRankEnv(gym.Env):
-    """Gymnasium env; see ``rsd_env.config.DEFAULT_CONFIG`` for the options.
+    """Up-to-down ranking revision under a budget of T LLM verification rounds (the RSD paper's MDP).
 
-    Observation: a flat ``Dict`` of 1-D ``Box``es (SB3's ``MultiInputPolicy`` takes it as is), sized for
-    ``max_budget`` rounds so that one agent serves every budget. ``verified`` is ``(max_budget, n, n)`` and
-    ``proposals`` ``(max_budget, n)`` flattened row-major; ``round_mask`` marks the filled rounds, and
-    rounds not yet taken hold a neutral fill (the uniform log(1/m) over the task's m items; proposals -1),
-    never log-prob 0 (= probability 1). ``budget`` is this episode's T, ``round`` the verifications done,
-    ``commit`` is 1 in the commit step. Padding items (tasks with fewer than n candidates) have
-    ``valid = 0``, log-prob ``LOGP_FLOOR`` and position -1. Action: one score per item.
+    ## Description
+    One episode ranks one task: ``n`` candidates (passages for a query, movies for a user) that the target
+    LLM would order by autoregressive (AR) decoding. The episode starts from the single-token (FIRST)
+    ranking. Each step the agent scores the items; the scores become a proposed ranking (the verified
+    prefix stays in front) and the target LLM verifies the whole proposal in one parallel forward pass,
+    returning, for every position, its log-probs over every item. Everything the LLM said stays in the
+    observation, so the agent can use all of it, not only the accepted prefix. The goal is the LLM's own
+    AR ranking at a fraction of its cost (1 + T passes instead of N).
+
+    ## Action Space
+    ``Box(-1, 1, (n,), float32)``: one score per item, higher = earlier. The proposal is the verified prefix,
+    then the other items by descending score (ties by item index). Padding items' scores are ignored.
+
+    ## Observation Space
+    A flat ``Dict`` of 1-D ``Box``es (SB3's ``MultiInputPolicy`` takes it as is), sized for ``max_budget``
+    rounds (``R``) so that one agent serves every T <= ``max_budget``:
+
+    | key | shape | meaning |
+    |-----|-------|---------|
+    | ``first_token`` | (n,) | single-token (FIRST) log-prob of each item |
+    | ``verified`` | (R·n·n,) | [round, position, item] log-probs, row-major; rounds not taken: log(1/m) |
+    | ``proposals`` | (R·n,) | [round, item]: the item's position in that round's proposal (-1: none) |
+    | ``round_mask`` | (R,) | 1 = the round was verified (its rows are real) |
+    | ``committed`` | (n,) | the item's position in the committed ranking (-1: padding) |
+    | ``locked`` | (n,) | 1 = the item is in the verified prefix |
+    | ``round`` | (1,) | verification rounds done |
+    | ``budget`` | (1,) | this episode's T |
+    | ``commit`` | (1,) | 1 = this step commits the final ranking (no LLM pass) |
+    | ``valid`` | (n,) | 1 = a real candidate (tasks may have fewer than n; padding has log-prob ``LOGP_FLOOR``) |
+
+    Log-probs are clipped to ``[LOGP_FLOOR, 0]``; unfilled rounds hold the uniform log(1/m) over the task's
+    m items, never 0 (= probability 1).
+
+    ## Rewards
+    The per-step gain in agreement of the committed ranking with the target's AR ranking (``reward``:
+    1 - normalised Spearman distance, or (Kendall tau + 1) / 2), so an episode's return is the final
+    agreement minus the FIRST ranking's.
+
+    ## Starting State
+    A task drawn by ``reset(seed=...)``'s RNG (``task_order: cycle`` goes in order; ``options={"task_id":
+    ...}`` picks one) and T from ``budget`` (an int or a range ``[lo, hi]``; ``options={"budget": t}``).
+    The committed ranking is the FIRST ranking; nothing is verified.
+
+    ## Episode End
+    Terminated after the commit step that follows the T-th verification (``commit_step: True``, default), or
+    after the T-th verification (``commit_step: False``, the paper's protocol), or as soon as every
+    position is verified. Never truncated. The last step's ``info`` holds the episode summary: the final
+    ranking, Kendall tau, Spearman rho, Footrule, Kemeny, NDCG@10 when the task has labels, and
+    ``llm_passes`` (1 prefill + 1 per verification; the commit step is free).
+
+    ## Arguments
+    ``gym.make("RSDRankSim-v0" | "RSDRank-v0", config={...}, render_mode="ansi")``; every key of
+    ``rsd_env.config.DEFAULT_CONFIG`` (data, verifier, budget, max_budget, commit_step, reward, seed) is
+    documented there. ``RSDRank-v0`` uses the bundled LLM on TREC DL; ``RSDRankSim-v0`` the simulator.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -275,6 +322,11 @@ class RSDRankEnv(gym.Env):
     def _agreement(self, ranking: np.ndarray) -> float:
         return float(agreement_batch(positions_batch(ranking[None]), self._target_pos, self._size,
                                      self.config["reward"])[0])
+
+    @property
+    def verified_prefix_length(self) -> int:
+        """Positions of the committed ranking the LLM has verified (they stay fixed)."""
+        return self._locked
 
     def committed_ranking(self) -> np.ndarray:
         """The output at this moment: verified prefix + the rest in the latest proposal's order."""

@@ -88,3 +88,72 @@ def test_bad_residual_settings_get_clear_errors():
         _model(env, decoder="oracle")
     with pytest.raises(ValueError, match="base_scale"):
         agents.make("rpo", env, policy="ResidualRankingPolicy", policy_kwargs={**TINY, "base_scale": 0.0})
+
+
+def test_warm_start_replay_keeps_the_newest_states_up_to_its_capacity():
+    env = _env(2, count=6)
+    model = _model(env, warm_start_timesteps=10**6, warm_start_replay=50, learning_rate=3e-3)
+    sizes = []
+    for _ in range(3):
+        rollout = model.collect()
+        model.train_warm_start(rollout)
+        sizes.append(len(model._replay["targets"]))
+        # the newest batch is always the buffer's tail
+        assert torch.equal(model._replay["targets"][-len(rollout.targets):], rollout.targets[-50:])
+    assert sizes[0] < sizes[1] and sizes[-1] == 50  # grows, then drops the oldest states
+    with pytest.raises(ValueError, match="warm_start_replay"):
+        _model(env, warm_start_replay=-1)
+
+
+def test_warm_start_snapshot_is_the_model_the_rl_stage_starts_from(tmp_path):
+    from agents.train import load_config, train
+
+    def run(name, rl_lr):
+        cfg = load_config(None, ["env_id=RSDRankSim-v0", "env={dataset: synthetic, split: train, n: 8, budget: 2, "
+                                 "data: {count: 6}}", "eval_env={n: 8}", "eval_tasks=2", "eval_freq=0",
+                                 "total_timesteps=96", "checkpoint_freq=0", "policy=ResidualRankingPolicy",
+                                 "policy_kwargs={d_model: 16, n_heads: 2, n_layers: 1}",
+                                 "algo_kwargs={group_size: 3, tasks_per_batch: 2, warm_start_timesteps: 40, "
+                                 f"warm_start_replay: 100, learning_rate: 0.003, rl_learning_rate: {rl_lr}}}",
+                                 f"run_dir={tmp_path}", f"run_name={name}", "progress_bar=false",
+                                 "wandb={mode: disabled}"])
+        return train(cfg).parent
+
+    def weights(path):
+        return agents.load_agent(path).policy.state_dict()
+
+    learning, frozen = run("rl", 0.001), run("frozen", 0.0)
+    snapshot = weights(learning / "warm_start.zip")
+    assert agents.agent_meta(learning / "warm_start.zip")["num_timesteps"] > 40
+    for key, value in weights(frozen / "model.zip").items():  # an RL stage at lr 0 leaves the snapshot as is
+        torch.testing.assert_close(value, snapshot[key], rtol=0, atol=0)
+        torch.testing.assert_close(value, weights(frozen / "warm_start.zip")[key], rtol=0, atol=0)
+    assert any(not torch.equal(v, snapshot[k]) for k, v in weights(learning / "model.zip").items())
+
+
+def test_latest_round_only_ignores_older_rounds():
+    env = _env(3, n=20, count=8).unwrapped
+    full = _model(env)
+    latest = agents.make("rpo", env, policy="ResidualRankingPolicy", group_size=3, tasks_per_batch=2, seed=0,
+                         policy_kwargs={**TINY, "history": "latest"})
+    torch.nn.init.normal_(full.policy.score_head.linear.weight, generator=torch.Generator().manual_seed(0))
+    latest.policy.load_state_dict(full.policy.state_dict())  # same weights, a non-zero residual
+    for seed in range(20):  # a state after two verifications that did not verify everything
+        obs, _ = env.reset(seed=seed)
+        done = False
+        for _ in range(2):
+            obs, _, done, _, _ = env.step(full.predict(obs, deterministic=True)[0])
+        if not done and obs["round"][0] == 2:
+            break
+    assert not done
+    batch = obs_to_tensors(obs)
+    n, t = 20, env.config["max_budget"]
+    changed = {k: v.clone() for k, v in batch.items()}
+    rows = changed["verified"].reshape(1, t, n, n)
+    rows[0, 0] = rows[0, 0] - 1.0  # rewrite round 1 (the latest is round 2)
+    changed["verified"] = rows.reshape(batch["verified"].shape)
+    with torch.no_grad():
+        assert torch.equal(latest.policy.score_items(batch), latest.policy.score_items(changed))
+        assert not torch.equal(full.policy.score_items(batch), full.policy.score_items(changed))
+    with pytest.raises(ValueError, match="history"):
+        agents.make("rpo", env, policy="ResidualRankingPolicy", policy_kwargs={**TINY, "history": "first"})

@@ -76,7 +76,7 @@ def test_env_mix_pools_the_tasks_of_several_datasets():
 def test_the_residual_configs_select_the_residual_policy(tmp_path):
     from agents.residual import ResidualRankingPolicy
 
-    for name in ("train_residual_sim.yaml", "train_residual_real.yaml"):
+    for name in ("train_residual_sim.yaml", "train_residual_bundled.yaml"):
         config = load_config(f"experiments/configs/{name}")
         assert config.policy == "ResidualRankingPolicy"
     argv = _argv(tmp_path, "algo=rpo", "policy=ResidualRankingPolicy", "algo_kwargs={group_size: 2, "
