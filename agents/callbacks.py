@@ -11,7 +11,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat, KVWriter
 
-from agents.methods import AgentMethod, evaluate, summarize
+from agents.methods import AgentMethod, rank_tasks, summarize
 
 
 class _Every(BaseCallback):
@@ -109,7 +109,7 @@ class RankingEvalCallback(_Every):
     def fire(self) -> None:
         method = AgentMethod(self.model)
         method.cold = False  # monitoring, not latency: keep the verifier's prompt caches warm for training
-        summary = summarize(evaluate(method, self.eval_env, self.task_ids))
+        summary = summarize(rank_tasks(method, self.eval_env, self.task_ids))
         self.last_result = {"timesteps": self.num_timesteps, "updates": getattr(self.model, "_n_updates", 0), **summary}
         for key in ("final_agreement", "kendall_tau", "spearman_rho", "ndcg@10", "wall_ms"):
             if key in summary:

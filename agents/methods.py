@@ -23,7 +23,7 @@ from rsd_env.metrics import agreement, agreement_metrics, ndcg_at_k
 __all__ = [
     "MethodResult", "RankingMethod", "ARMethod", "STDMethod", "SDMethod", "DecoderMethod", "HeuristicMethod",
     "StaleAwareMethod", "SDDecodeMethod", "RandomMethod", "IdentityMethod", "AgentMethod", "make_method",
-    "evaluate", "summarize", "order_to_action", "METHODS", "DECODERS",
+    "rank_tasks", "summarize", "order_to_action", "METHODS", "DECODERS",
 ]
 
 
@@ -319,7 +319,7 @@ def make_method(spec: str, **kwargs: Any) -> RankingMethod:
     return method
 
 
-def evaluate(method: RankingMethod, env, task_ids: list[str] | None = None) -> list[MethodResult]:
+def rank_tasks(method: RankingMethod, env, task_ids: list[str] | None = None) -> list[MethodResult]:
     """Rank every task (default: all of ``env``'s tasks) with ``method``."""
     env = env.unwrapped
     ids = [t.task_id for t in env.tasks] if task_ids is None else list(task_ids)

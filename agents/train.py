@@ -25,6 +25,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import yaml
 
 from rsd_env.config import SIM_CONFIG as SIM_ENV_DEFAULTS
 from rsd_env.io import FolderLock, read_text, remove_stale_temps, write_text
+from rsd_env.settings import apply_dotted, parse_assignments
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -183,31 +185,16 @@ def eval_env_config(config: TrainConfig) -> dict[str, Any]:
     return {**train, "split": "test", **(config.eval_env or {})}
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs (dotted keys for nesting, values parsed as YAML) applied to a config dict."""
-    raw = json.loads(json.dumps(raw))  # deep copy
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value (e.g. env.budget=3), got {item!r}")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if node.get(part) is None:  # e.g. eval_env: null -> a mapping of overrides
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {part!r} is not a mapping")
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            problem = " ".join(str(getattr(err, "problem", "") or err).split())
-            raise ValueError(f"--set {key}: {value!r} is not a valid YAML value ({problem}); quote strings "
-                             "and close brackets, e.g. --set 'env.budget=2'") from err
-    return raw
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``key=value`` texts (``--set``) or a ``{dotted.key: value}`` dict applied to a config dict (a copy)."""
+    if not isinstance(overrides, Mapping):
+        overrides = parse_assignments(overrides)
+    return apply_dotted(raw, overrides)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path | None = None,
+                      overrides: list[str] | Mapping[str, Any] | None = None) -> TrainConfig:
+    """The YAML at ``path`` over the defaults, then ``overrides`` (``--set`` texts or a dotted-key dict)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -237,7 +224,7 @@ def split_mix(env_config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str
     return config, mix
 
 
-def make_env(env_id: str, env_config: dict[str, Any]) -> Any:
+def make_train_env(env_id: str, env_config: dict[str, Any]) -> Any:
     """``gym.make(env_id, config=...)`` with ``env_config`` layered over the id's registered config.
 
     ``env_config["mix"]``: a list of ``{dataset, split, **load_tasks options}`` whose tasks are pooled
@@ -265,7 +252,7 @@ def make_vec_env(config: TrainConfig, env):
     if config.batched:
         venv = RSDVecEnv.from_env(env, config.n_envs)
     else:
-        venv = DummyVecEnv([lambda: env] + [lambda: make_env(config.env_id, config.env)] * (config.n_envs - 1))
+        venv = DummyVecEnv([lambda: env] + [lambda: make_train_env(config.env_id, config.env)] * (config.n_envs - 1))
     venv.seed(config.seed)
     return venv
 
@@ -373,8 +360,8 @@ def prepare(config: TrainConfig) -> Session:
     validate(config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    env = make_env(config.env_id, config.env)
-    eval_env = make_env(config.env_id, eval_env_config(config)).unwrapped
+    env = make_train_env(config.env_id, config.env)
+    eval_env = make_train_env(config.env_id, eval_env_config(config)).unwrapped
     train_env = env if config.algo == "rpo" else make_vec_env(config, env)  # RPO builds its own vector env
 
     run = config.path()
@@ -558,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_resume:
         overrides.append("resume=false")
     try:
-        config = load_config(args.config, overrides)
+        config = load_train_config(args.config, overrides)
     except (ValueError, OSError) as err:
         parser.error(str(err))
     os.environ.setdefault("WANDB_SILENT", "true")

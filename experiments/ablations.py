@@ -20,14 +20,10 @@ from typing import Any
 
 import yaml
 
-from experiments.evaluate import EvalConfig, evaluate
+from experiments.evaluate import EvalConfig, run_evaluation
 from experiments.report import markdown_tables
 
 CONFIGS = Path(__file__).parent / "configs"
-
-
-def _as_override(key: str, value: Any) -> str:
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -44,7 +40,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def train_variants(cfg: dict[str, Any], progress: bool = True) -> dict[str, Path]:
     """Train (or resume) every variant; returns name -> final checkpoint."""
-    from agents.train import load_config, train
+    from agents.train import load_train_config, train
 
     base = Path(cfg["train_config"])
     base = base if base.exists() else CONFIGS / base
@@ -53,7 +49,7 @@ def train_variants(cfg: dict[str, Any], progress: bool = True) -> dict[str, Path
         if isinstance(overrides, str):  # a checkpoint another variant's run leaves, e.g. full/warm_start.zip
             continue
         items = {**(cfg.get("train_overrides") or {}), **overrides, "run_dir": cfg["output"], "run_name": name}
-        tcfg = load_config(base, [_as_override(k, v) for k, v in items.items()])
+        tcfg = load_train_config(base, items)
         tcfg.progress_bar = progress
         start = time.perf_counter()
         checkpoints[name] = train(tcfg)
@@ -108,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                    verifier=e.get("verifier", "bundled"), max_tasks=e.get("max_tasks"),
                                    seed=cfg.get("seed", 0), plots=False, n=e.get("n", 20),
                                    output=args.eval_output or str(Path(cfg["output"]) / "eval"))
-        results = evaluate(eval_cfg, progress=not args.no_progress)
+        results = run_evaluation(eval_cfg, progress=not args.no_progress)
     except (ValueError, OSError) as err:
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2

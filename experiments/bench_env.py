@@ -27,8 +27,8 @@ import gymnasium as gym
 import numpy as np
 
 import rsd_env  # noqa: F401  (registers the envs)
-from experiments.evaluate import parse_key_values
 from rsd_env.env import RSDRankEnv
+from rsd_env.settings import parse_assignments
 from rsd_env.vector import RSDRankVectorEnv
 
 
@@ -41,7 +41,7 @@ def emit(figure: str, **values) -> None:
     print(json.dumps({"figure": figure, **values, "peak_rss_mb": round(peak_rss_mb(), 1)}), flush=True)
 
 
-def make_env(verifier: str, budget: int, max_tasks: int | None, verifier_kwargs: dict) -> RSDRankEnv:
+def make_bench_env(verifier: str, budget: int, max_tasks: int | None, verifier_kwargs: dict) -> RSDRankEnv:
     dataset = {"dataset": "synthetic", "split": "train"} if verifier == "simulated" else \
         {"dataset": "dl19", "split": "all"}
     return gym.make("RSDRank-v0", config={**dataset, "verifier": verifier, "budget": budget,
@@ -123,7 +123,7 @@ def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed:
 
     from agents.vec_env import RSDVecEnv
 
-    env = make_env(verifier, budget, max_tasks, verifier_kwargs if verifier != "simulated" else {})
+    env = make_bench_env(verifier, budget, max_tasks, verifier_kwargs if verifier != "simulated" else {})
     env.reset(seed=seed)
     for task in env.tasks:  # targets and prompt prefills out of the timed loops
         env.target(task)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="real verifier option (YAML value), repeatable, e.g. adapter=null")
     args = p.parse_args(argv)
-    kwargs = parse_key_values(args.verifier_arg)
+    kwargs = parse_assignments(args.verifier_arg, "--verifier-arg")
     emit("setup", python=sys.version.split()[0], argv=sys.argv[1:])
     for verifier in args.verifier:
         max_tasks = args.max_tasks if args.max_tasks or verifier == "simulated" else 8

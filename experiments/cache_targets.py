@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 
 def _tasks_and_env(args: argparse.Namespace):
-    from agents.train import load_config, make_env
+    from agents.train import load_train_config, make_train_env
 
     if args.config is not None:
-        config = load_config(args.config, args.set)
-        env = make_env(config.env_id, config.env)
+        config = load_train_config(args.config, args.set)
+        env = make_train_env(config.env_id, config.env)
     else:
-        env = make_env("RSDRank-v0", {"dataset": args.dataset, "split": args.split, "verifier": args.verifier})
+        env = make_train_env("RSDRank-v0", {"dataset": args.dataset, "split": args.split, "verifier": args.verifier})
     return env.unwrapped
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from agents.methods import evaluate, make_method, summarize
+from agents.methods import make_method, rank_tasks, summarize
 from rsd_env.data import load_tasks
 from rsd_env.env import RSDRankEnv
 from rsd_env.io import write_text
@@ -52,7 +52,7 @@ def measure(tasks: list, verifier: Any, stats: list[Stat], env_config: dict[str,
             if t == budget:
                 if progress:
                     print(f"  measuring {method} at T={t} on {len(tasks)} tasks ...", flush=True)
-                out[stat_key((method, t))] = summarize(evaluate(make_method(method), env))["kendall_tau"]
+                out[stat_key((method, t))] = summarize(rank_tasks(make_method(method), env))["kendall_tau"]
     return out
 
 

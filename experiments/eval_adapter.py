@@ -70,7 +70,7 @@ def ndcg10(tasks: list[RankingTask], orders: list[list[int]]) -> float:
     return float(np.mean([v["ndcg_cut_10"] for v in res.values()]))
 
 
-def evaluate(ranker: Any, dl19: list[RankingTask], ml: list[RankingTask], seeds: tuple[int, int] = (1, 2),
+def evaluate_adapter(ranker: Any, dl19: list[RankingTask], ml: list[RankingTask], seeds: tuple[int, int] = (1, 2),
              teacher: MiniLMTeacher | None = None) -> dict[str, Any]:
     """All the adapter's acceptance metrics for one ranker (see the module docstring)."""
     t0 = time.time()
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     ranker = Ranker(args.model, adapter, args.device, args.passage_tokens)
     dl19 = load_tasks("dl19", "all", n=20, max_tasks=args.dl19_queries)
     ml = load_tasks("ml-100k", split="test", n=20, history=10, seed=0, max_tasks=args.ml_users)
-    res = evaluate(ranker, dl19, ml, teacher=None if args.no_teacher else MiniLMTeacher())
+    res = evaluate_adapter(ranker, dl19, ml, teacher=None if args.no_teacher else MiniLMTeacher())
     res["config"] = {"adapter": adapter_label(adapter), "passage_tokens": args.passage_tokens, "device": args.device,
                      "dl19_queries": len(dl19), "ml_users": len(ml)}
     text = json.dumps(res, indent=2)

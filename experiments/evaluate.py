@@ -47,6 +47,7 @@ from experiments.run_folder import RunFolder
 from experiments.stats import mean_ci, paired_test
 from rsd_env.env import RSDRankEnv
 from rsd_env.metrics import agreement_metrics, ndcg_at_k
+from rsd_env.settings import parse_assignments
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "eval.yaml"
 _LABEL = re.compile(r"^(?P<label>[A-Za-z][\w-]*)=(?P<spec>.+)$")  # rpo=agent:runs/rpo.zip
@@ -161,7 +162,7 @@ def build_methods(cfg: EvalConfig, factory: Callable[..., Any] | None = None) ->
     return entries
 
 
-def make_env(cfg: EvalConfig, dataset: str, budget: int) -> RSDRankEnv:
+def make_grid_env(cfg: EvalConfig, dataset: str, budget: int) -> RSDRankEnv:
     spec = dict(cfg.dataset_specs[dataset])
     data = {k: v for k, v in spec.items() if k not in ("dataset", "split")}
     config = {"dataset": spec["dataset"], "split": spec.get("split", "test"), "data": data, "n": cfg.n,
@@ -332,7 +333,7 @@ def _compare(cells, groups, cfg: EvalConfig, labels: Sequence[str]) -> None:
         cell["p_value"] = paired_test(a, b)
 
 
-def evaluate(cfg: EvalConfig, factory: Callable[..., Any] | None = None, progress: bool = True,
+def run_evaluation(cfg: EvalConfig, factory: Callable[..., Any] | None = None, progress: bool = True,
              write: bool = True) -> dict[str, Any]:
     """Run the grid; returns the results dict and (``write``) commits every output file at the end.
 
@@ -361,7 +362,7 @@ def _run_grid(cfg: EvalConfig, entries: list[MethodEntry], progress: bool) -> di
     records: list[dict[str, Any]] = []
     verifier_name = None
     for dataset in cfg.datasets:
-        envs = {budget: make_env(cfg, dataset, budget) for budget in cfg.budgets}
+        envs = {budget: make_grid_env(cfg, dataset, budget) for budget in cfg.budgets}
         first = envs[cfg.budgets[0]]
         for env in envs.values():  # one verifier object: shared prompt cache and cost counters
             env.verifier = first.verifier
@@ -420,27 +421,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_key_values(items: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "b=null"]`` -> ``{"a": 1, "b": None}`` (values parsed as YAML)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``rsd-eval``); returns the exit status."""
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("config", "quick", "no_progress", "verifier_arg")}
     if args.verifier_arg:
-        overrides["verifier_kwargs"] = parse_key_values(args.verifier_arg)
+        overrides["verifier_kwargs"] = parse_assignments(args.verifier_arg, "--verifier-arg")
     try:
         cfg = EvalConfig.load(args.config, quick=args.quick, **overrides)
-        results = evaluate(cfg, progress=not args.no_progress)
+        results = run_evaluation(cfg, progress=not args.no_progress)
     except (ValueError, OSError) as err:  # bad names, checkpoints, paths: the message says what to fix
         print(f"rsd-eval: error: {err}", file=sys.stderr)
         return 2

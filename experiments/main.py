@@ -13,7 +13,6 @@ table.md, TREC runs, plots).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import re
 import sys
@@ -24,37 +23,31 @@ from typing import Any
 
 import yaml
 
-from experiments.evaluate import EvalConfig, evaluate, parse_key_values
+from experiments.evaluate import EvalConfig, run_evaluation
 from experiments.report import ensure_writable, markdown_tables
+from rsd_env.settings import deep_merge, parse_assignments
 
 CONFIGS = Path(__file__).parent / "configs"
 MAIN_CONFIG = CONFIGS / "main.yaml"
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in (extra or {}).items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def load_config(path: str | Path | None = None, verifier: str | None = None, quick: bool = False,
+def load_main_config(path: str | Path | None = None, verifier: str | None = None, quick: bool = False,
                 **overrides: Any) -> dict[str, Any]:
     """The main job's settings: YAML, then the simulated / quick blocks where they apply, then overrides."""
     cfg = yaml.safe_load(Path(path or MAIN_CONFIG).read_text(encoding="utf-8"))
     if verifier is not None:
         cfg["verifier"] = verifier
     if cfg["verifier"] == "simulated":
-        cfg = _merge(cfg, cfg.get("simulated"))
+        cfg = deep_merge(cfg, cfg.get("simulated"))
     if quick:
-        cfg = _merge(cfg, cfg.get("quick"))
+        cfg = deep_merge(cfg, cfg.get("quick"))
     cfg["quick"] = quick
-    return _merge(cfg, {k: v for k, v in overrides.items() if v is not None})
+    return deep_merge(cfg, {k: v for k, v in overrides.items() if v is not None})
 
 
 def train_config(cfg: dict[str, Any]):
     """The ``agents.train`` config: the named YAML + main.yaml's overrides + verifier, seed, run folder."""
-    from agents.train import load_config as load_train_config
+    from agents.train import load_train_config
 
     kind = cfg["verifier"] if isinstance(cfg["verifier"], str) else "custom"
     run_name = "rpo-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", kind) + ("-quick" if cfg["quick"] else "")
@@ -62,8 +55,7 @@ def train_config(cfg: dict[str, Any]):
              "env.verifier_kwargs": cfg["verifier_kwargs"], "eval_env.verifier_kwargs": cfg["verifier_kwargs"],
              "seed": cfg["seed"], "run_dir": cfg["output"], "run_name": run_name}
     items = {**cfg["train_overrides"], **fixed}
-    return load_train_config(CONFIGS / cfg["train_config"],
-                             [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in items.items()])
+    return load_train_config(CONFIGS / cfg["train_config"], items)
 
 
 def run(cfg: dict[str, Any], progress: bool = True, resume: bool = True) -> dict[str, Any]:
@@ -82,7 +74,7 @@ def run(cfg: dict[str, Any], progress: bool = True, resume: bool = True) -> dict
                                budgets=e["budgets"], verifier=cfg["verifier"], max_tasks=e.get("max_tasks"),
                                verifier_kwargs=cfg["verifier_kwargs"], seed=cfg["seed"],
                                output=str(out / "eval"))
-    results = evaluate(eval_cfg, progress=progress)
+    results = run_evaluation(eval_cfg, progress=progress)
     results["checkpoint"] = str(checkpoint)
     results["timings_s"] = {"train": round(train_s, 1), "evaluate": results["seconds"],
                             "total": round(time.perf_counter() - start, 1)}
@@ -103,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-resume", action="store_true", help="retrain even if the agent's run has a checkpoint")
     args = p.parse_args(argv)
     try:
-        extra = {"verifier_kwargs": parse_key_values(args.verifier_arg)} if args.verifier_arg else {}
-        cfg = load_config(args.config, args.verifier, args.quick, output=args.output, seed=args.seed, **extra)
+        extra = {"verifier_kwargs": parse_assignments(args.verifier_arg, "--verifier-arg")} if args.verifier_arg else {}
+        cfg = load_main_config(args.config, args.verifier, args.quick, output=args.output, seed=args.seed, **extra)
         results = run(cfg, progress=not args.no_progress, resume=not args.no_resume)
     except (ValueError, OSError) as err:  # bad settings, data or checkpoints; a busy or incompatible run folder
         print(f"{p.prog}: error: {err}", file=sys.stderr)

@@ -23,9 +23,10 @@ from typing import Any
 
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
-from experiments.evaluate import parse_key_values, trained_n
+from experiments.evaluate import trained_n
 from rsd_env.data.task import Candidate
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
+from rsd_env.settings import parse_assignments
 
 DEFAULT_METHOD = "heuristic"  # the best hand-written decoder; no trained agent ships with the package
 MEASURES = {"ndcg_cut_10": "NDCG@10", "map": "MAP", "recall_100": "R@100"}
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = trained_n(method)
     if n is not None and n != spec.window:
         raise ValueError(f"method {args.method!r} was trained for {n} candidates; use --window {n}")
-    verifier = make_verifier(args.verifier, **parse_key_values(args.verifier_arg))
+    verifier = make_verifier(args.verifier, **parse_assignments(args.verifier_arg, "--verifier-arg"))
     reranker = SlidingWindowReranker(method, verifier, spec, args.budget, args.batch)
     settings = {"input": name, "method": args.method, "budget": args.budget, "top": spec.top,
                 "window": spec.window, "stride": spec.stride, "passes": spec.passes,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.methods import make_method
-from experiments.evaluate import EvalConfig, evaluate, main
+from experiments.evaluate import EvalConfig, main, run_evaluation
 
 METHODS = ["ar", "std", "sd", "heuristic", "random", "heuristic@deadline=0.5", "heuristic@adaptive=0.1"]
 
@@ -30,7 +30,7 @@ def _metrics(results) -> list[tuple]:
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     cfg = config(tmp, plots=True, datasets=["dl19", "ml-100k"])
-    return cfg, evaluate(cfg, progress=False)
+    return cfg, run_evaluation(cfg, progress=False)
 
 
 def test_outputs_and_cells(run):
@@ -75,7 +75,7 @@ def test_outputs_and_cells(run):
 
 def test_deadline_stops_rounds(tmp_path):
     cfg = config(tmp_path, methods=["sd", "sd@deadline=0.001"], datasets=["synthetic"], budgets=[3])
-    cells = {c["method"]: c for c in evaluate(cfg, progress=False, write=False)["cells"]}
+    cells = {c["method"]: c for c in run_evaluation(cfg, progress=False, write=False)["cells"]}
     tight = cells["sd@deadline=0.001"]
     assert tight["rounds"] == 0.0 and tight["llm_passes"] == 1.0  # no round fits: the STD ranking
     assert cells["sd"]["llm_passes"] == 4.0
@@ -83,7 +83,7 @@ def test_deadline_stops_rounds(tmp_path):
 
 def test_same_seed_same_numbers(tmp_path, run):
     cfg, first = run
-    again = evaluate(EvalConfig.load(**{**cfg.__dict__, "output": str(tmp_path), "plots": False}),
+    again = run_evaluation(EvalConfig.load(**{**cfg.__dict__, "output": str(tmp_path), "plots": False}),
                      progress=False, write=False)
     assert _metrics(again) == _metrics(first)
 
@@ -95,7 +95,7 @@ def test_same_seed_same_numbers(tmp_path, run):
 ])
 def test_bad_names_fail_fast(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
-        evaluate(config(tmp_path, **{field: value}), progress=False)
+        run_evaluation(config(tmp_path, **{field: value}), progress=False)
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -103,7 +103,7 @@ def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match="is not writable.*--output"):
-        evaluate(config(tmp_path, output=str(blocker / "out")), progress=False)
+        run_evaluation(config(tmp_path, output=str(blocker / "out")), progress=False)
 
 
 def _tiny_rpo(n: int):
@@ -121,18 +121,18 @@ def _tiny_rpo(n: int):
 def test_agents_wrong_n_and_adaptive(tmp_path):
     wrong, right = _tiny_rpo(10), _tiny_rpo(20)
     with pytest.raises(ValueError, match="trained for N=10 candidates but the evaluation uses N=20"):
-        evaluate(config(tmp_path, methods=["std", "rpo=agent:ckpt"]), progress=False,
+        run_evaluation(config(tmp_path, methods=["std", "rpo=agent:ckpt"]), progress=False,
                  factory=lambda spec: wrong if spec == "agent:ckpt" else make_method(spec))
     # @adaptive on an RPO agent: its own value head decides (AgentMethod.min_gain); 1e9 = never worth it
     cfg = config(tmp_path, methods=["rpo=agent:ok@adaptive=1e9"], datasets=["synthetic"], budgets=[2])
-    results = evaluate(cfg, progress=False, write=False, factory=lambda spec: right)
+    results = run_evaluation(cfg, progress=False, write=False, factory=lambda spec: right)
     assert right.min_gain == 1e9
     assert results["cells"][0]["method"] == "rpo@adaptive=1e9" and results["cells"][0]["rounds"] == 0.0
 
 
 def test_interrupted_run_leaves_no_half_written_results(tmp_path):
     cfg = config(tmp_path, methods=["std", "sd"], datasets=["synthetic"], budgets=[1])
-    evaluate(cfg, progress=False)
+    run_evaluation(cfg, progress=False)
     out = Path(cfg.output)
     before = _files(out)
     calls = {"n": 0}
@@ -147,7 +147,7 @@ def test_interrupted_run_leaves_no_half_written_results(tmp_path):
             return make_method("sd").rank(env, task_id)
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate(config(tmp_path, methods=["std", "crashes"], datasets=["synthetic"], budgets=[1]),
+        run_evaluation(config(tmp_path, methods=["std", "crashes"], datasets=["synthetic"], budgets=[1]),
                  progress=False, factory=lambda s: Crashes() if s == "crashes" else make_method(s))
     assert _files(out) == before
     assert not list(out.rglob("*.tmp")) and not list(out.glob(".staging-*"))

@@ -17,7 +17,7 @@ import torch
 import agents
 from agents.callbacks import CheckpointEvery
 from agents.train import main
-from experiments.evaluate import EvalConfig, evaluate
+from experiments.evaluate import EvalConfig, run_evaluation
 from experiments.evaluate import main as eval_main
 from rsd_env.io import FolderBusy, FolderLock, atomic_path, write_text
 
@@ -207,9 +207,9 @@ def test_a_second_eval_replaces_the_first_one_whole(tmp_path):
     out = tmp_path / "out"
     (out / "notes.txt").parent.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")  # not rsd-eval's: left alone
-    evaluate(_eval_cfg(out, methods=["std", "sd", "heuristic"], datasets=["dl19", "synthetic"]), progress=False)
+    run_evaluation(_eval_cfg(out, methods=["std", "sd", "heuristic"], datasets=["dl19", "synthetic"]), progress=False)
     assert (out / "runs" / "dl19" / "heuristic.T1.trec").exists()
-    evaluate(_eval_cfg(out, methods=["sd", "random"], budgets=[1, 2]), progress=False)
+    run_evaluation(_eval_cfg(out, methods=["sd", "random"], budgets=[1, 2]), progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     files = set(_outputs(out)) - {"notes.txt", "manifest.json"}
     assert files == set(manifest["files"])  # nothing of the first run is left beside the second
@@ -220,7 +220,7 @@ def test_a_second_eval_replaces_the_first_one_whole(tmp_path):
 
 def test_an_eval_killed_midway_leaves_the_previous_outputs(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    evaluate(_eval_cfg(out), progress=False)
+    run_evaluation(_eval_cfg(out), progress=False)
     before = _outputs(out)
     import experiments.evaluate as ev
 
@@ -229,13 +229,13 @@ def test_an_eval_killed_midway_leaves_the_previous_outputs(tmp_path, monkeypatch
 
     monkeypatch.setattr(ev, "add_label_metrics", killed)  # dies after the first dataset's work
     with pytest.raises(Killed):
-        evaluate(_eval_cfg(out, methods=["std", "sd", "heuristic", "random"], budgets=[1, 2, 3]), progress=False)
+        run_evaluation(_eval_cfg(out, methods=["std", "sd", "heuristic", "random"], budgets=[1, 2, 3]), progress=False)
     assert _outputs(out) == before and not list(out.glob(".staging-*"))
 
 
 def test_an_eval_killed_while_committing_is_not_presented_as_complete(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    evaluate(_eval_cfg(out), progress=False)
+    run_evaluation(_eval_cfg(out), progress=False)
     moves = {"n": 0}
     original = Path.replace
 
@@ -247,13 +247,13 @@ def test_an_eval_killed_while_committing_is_not_presented_as_complete(tmp_path, 
 
     monkeypatch.setattr(Path, "replace", replace)
     with pytest.raises(Killed):
-        evaluate(_eval_cfg(out, methods=["heuristic", "random"]), progress=False)
+        run_evaluation(_eval_cfg(out, methods=["heuristic", "random"]), progress=False)
     monkeypatch.undo()
     assert not (out / "results.json").exists() and not (out / "manifest.json").exists()
     dead = out / ".staging-dead"  # what a run SIGKILLed before its commit leaves
     (dead / "runs").mkdir(parents=True)
     (dead / "results.json").write_text("{}")
-    evaluate(_eval_cfg(out, methods=["ar"]), progress=False)  # the next run cleans up what the kills left
+    run_evaluation(_eval_cfg(out, methods=["ar"]), progress=False)  # the next run cleans up what the kills left
     assert not dead.exists()
     assert "killed while it replaced" in capsys.readouterr().err
     assert set(_outputs(out)) == {*json.loads((out / "manifest.json").read_text())["files"], "manifest.json"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.main import load_config, main, train_config
+from experiments.main import load_main_config, main, train_config
 
 
 def test_quick_simulated_main_job(tmp_path, capsys):
@@ -16,13 +16,13 @@ def test_quick_simulated_main_job(tmp_path, capsys):
 
 
 def test_config_layers():
-    bundled = load_config()
+    bundled = load_main_config()
     assert bundled["verifier"] == "bundled" and bundled["eval"]["budgets"] == [1, 2, 3]
     assert bundled["eval"]["datasets"] == ["dl19"]
     tcfg = train_config(bundled)
     assert tcfg.algo == "rpo" and tcfg.env["split"] == "train" and tcfg.env["verifier"] == "bundled"
     assert tcfg.env["max_tasks"] == 24 and tcfg.run_name == "rpo-bundled"
-    sim = load_config(verifier="simulated")
+    sim = load_main_config(verifier="simulated")
     assert sim["train_overrides"]["total_timesteps"] == 3000 and sim["train_overrides"]["eval_tasks"] == 8
-    quick = load_config(verifier="simulated", quick=True, output="x")
+    quick = load_main_config(verifier="simulated", quick=True, output="x")
     assert quick["output"] == "x" and quick["eval"]["max_tasks"] == 6

@@ -5,7 +5,7 @@ import pytest
 import agents
 import agents.methods
 import rsd_env
-from agents.methods import MethodResult, RankingMethod, evaluate, make_method, summarize
+from agents.methods import MethodResult, RankingMethod, make_method, rank_tasks, summarize
 from rsd_env.metrics import kendall_tau
 
 SIM = {**rsd_env.SIM_CONFIG, "split": "test", "data": {"count": 12}}
@@ -68,13 +68,13 @@ def test_verified_positions_match_the_target_for_every_method():
 def test_decoders_use_the_commit_step_and_differ_from_sd_at_t1():
     env = _env(budget=1)
     ids = _ids(env, 12)
-    sd = {r.task_id: r for r in evaluate(make_method("sd"), env, ids)}
-    old_sd = evaluate(make_method("sd"), _env(budget=1, commit_step=False), ids)
+    sd = {r.task_id: r for r in rank_tasks(make_method("sd"), env, ids)}
+    old_sd = rank_tasks(make_method("sd"), _env(budget=1, commit_step=False), ids)
     for r in old_sd:  # plain SD's commit keeps its proposal order: the classic SD output
         np.testing.assert_array_equal(r.ranking, sd[r.task_id].ranking)
     assert set(agents.methods.DECODERS) == {"heuristic", "stale-aware", "sd-decode"}
     for name in agents.methods.DECODERS:
-        results = evaluate(make_method(name), env, ids)
+        results = rank_tasks(make_method(name), env, ids)
         assert all(r.llm_passes == 2 and r.info["rounds"] == 1 for r in results)  # the commit step is free
         differ = [r.task_id for r in results if not np.array_equal(r.ranking, sd[r.task_id].ranking)]
         assert len(differ) >= 3, (name, differ)
@@ -105,9 +105,9 @@ def test_stale_aware_decoder_keeps_the_rejected_items_own_evidence():
 
 def test_same_seed_same_results_and_summary():
     env = _env(budget=2)
-    a = summarize(evaluate(make_method("random", seed=1), env, _ids(env)))
-    b = summarize(evaluate(make_method("random", seed=1), env, _ids(env)))
-    c = summarize(evaluate(make_method("random", seed=2), env, _ids(env)))
+    a = summarize(rank_tasks(make_method("random", seed=1), env, _ids(env)))
+    b = summarize(rank_tasks(make_method("random", seed=1), env, _ids(env)))
+    c = summarize(rank_tasks(make_method("random", seed=2), env, _ids(env)))
     assert a["kendall_tau"] == b["kendall_tau"] != c["kendall_tau"]
     assert a["tasks"] == 6 and a["llm_passes"] <= 3
 

@@ -6,7 +6,7 @@ import torch
 import agents
 import rsd_env
 from agents.decoders import decode, read_observation
-from agents.methods import AgentMethod, HeuristicMethod, evaluate
+from agents.methods import AgentMethod, HeuristicMethod, rank_tasks
 from agents.plackett_luce import sample_order
 from agents.policy import obs_to_tensors
 from agents.residual import ResidualRankingPolicy
@@ -30,8 +30,8 @@ def test_the_untrained_policy_is_the_heuristic_decoder(budget):
     env = _env(budget).unwrapped
     model = _model(env)
     assert isinstance(model.policy, ResidualRankingPolicy)
-    ours = evaluate(AgentMethod(model), env)
-    theirs = evaluate(HeuristicMethod(), env)
+    ours = rank_tasks(AgentMethod(model), env)
+    theirs = rank_tasks(HeuristicMethod(), env)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a.ranking, b.ranking)
         assert a.info["kendall_tau"] == b.info["kendall_tau"]
@@ -106,10 +106,11 @@ def test_warm_start_replay_keeps_the_newest_states_up_to_its_capacity():
 
 
 def test_warm_start_snapshot_is_the_model_the_rl_stage_starts_from(tmp_path):
-    from agents.train import load_config, train
+    from agents.train import load_train_config, train
 
     def run(name, rl_lr):
-        cfg = load_config(None, ["env_id=RSDRankSim-v0", "env={dataset: synthetic, split: train, n: 8, budget: 2, "
+        cfg = load_train_config(None, [
+                                 "env_id=RSDRankSim-v0", "env={dataset: synthetic, split: train, n: 8, budget: 2, "
                                  "data: {count: 6}}", "eval_env={n: 8}", "eval_tasks=2", "eval_freq=0",
                                  "total_timesteps=96", "checkpoint_freq=0", "policy=ResidualRankingPolicy",
                                  "policy_kwargs={d_model: 16, n_heads: 2, n_layers: 1}",

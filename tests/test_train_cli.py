@@ -3,7 +3,7 @@ import json
 import pytest
 
 import agents
-from agents.train import load_config, main
+from agents.train import load_train_config, main
 
 TINY = [
     "env_id=RSDRankSim-v0", "env={dataset: synthetic, split: train, budget: 2, n: 8, data: {count: 8}}",
@@ -21,18 +21,18 @@ def _argv(tmp_path, *extra):
 
 
 def test_config_overrides_and_errors(tmp_path):
-    config = load_config("experiments/configs/train_rpo_sim.yaml", ["env.budget=3", "algo_kwargs.group_size=4"])
+    config = load_train_config("experiments/configs/train_rpo_sim.yaml", ["env.budget=3", "algo_kwargs.group_size=4"])
     assert config.env["budget"] == 3 and config.algo_kwargs["group_size"] == 4 and config.algo == "rpo"
     assert config.env["dataset"] == "synthetic" and config.wandb.mode == "offline"
     with pytest.raises(ValueError, match="unknown train config keys"):
-        load_config(None, ["budgett=3"])
+        load_train_config(None, ["budgett=3"])
     with pytest.raises(ValueError, match="key=value"):
-        load_config(None, ["budget"])
+        load_train_config(None, ["budget"])
     with pytest.raises(ValueError, match="wandb mode"):
-        load_config(None, ["wandb.mode=cloud"])
-    assert load_config(None, ["eval_env.budget=3"]).eval_env == {"budget": 3}  # layered over env at run time
+        load_train_config(None, ["wandb.mode=cloud"])
+    assert load_train_config(None, ["eval_env.budget=3"]).eval_env == {"budget": 3}  # layered over env at run time
     with pytest.raises(FileNotFoundError):
-        load_config(tmp_path / "none.yaml")
+        load_train_config(tmp_path / "none.yaml")
 
 
 def test_train_cli_writes_a_run_and_resume_continues_it(tmp_path):
@@ -63,21 +63,21 @@ def test_train_cli_runs_ppo_with_our_policy(tmp_path):
 
 
 def test_env_mix_pools_the_tasks_of_several_datasets():
-    from agents.train import make_env
+    from agents.train import make_train_env
 
-    env = make_env("RSDRankSim-v0", {"n": 8, "mix": [{"dataset": "synthetic", "split": "train", "count": 3},
+    env = make_train_env("RSDRankSim-v0", {"n": 8, "mix": [{"dataset": "synthetic", "split": "train", "count": 3},
                                                      {"dataset": "synthetic", "split": "test", "count": 2}]})
     assert [t.task_id for t in env.unwrapped.tasks] == [
         "synthetic:train:0", "synthetic:train:1", "synthetic:train:2", "synthetic:test:0", "synthetic:test:1"]
     with pytest.raises(ValueError, match="env.mix"):
-        make_env("RSDRankSim-v0", {"mix": ["synthetic"]})
+        make_train_env("RSDRankSim-v0", {"mix": ["synthetic"]})
 
 
 def test_the_residual_configs_select_the_residual_policy(tmp_path):
     from agents.residual import ResidualRankingPolicy
 
     for name in ("train_residual_sim.yaml", "train_residual_bundled.yaml"):
-        config = load_config(f"experiments/configs/{name}")
+        config = load_train_config(f"experiments/configs/{name}")
         assert config.policy == "ResidualRankingPolicy"
     argv = _argv(tmp_path, "algo=rpo", "policy=ResidualRankingPolicy", "algo_kwargs={group_size: 2, "
                  "tasks_per_batch: 2, warm_start_timesteps: 12}", "total_timesteps=24", "eval_freq=0")
