@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.stopping import Deadline, StopRule, ValueHead, value_function
 from rsd_env.data import RankingTask
 from rsd_env.env import RSDRankEnv
 from rsd_env.metrics import agreement, agreement_metrics, ndcg_at_k
@@ -65,7 +66,19 @@ class RankingMethod:
     name: str = "method"
     hand_written_decoder: bool = False  # a candidate for "the decoder to beat" in the tables
     cold: bool = True  # drop the verifier's per-task caches before ranking (honest latency)
-    deadline_ms: float | None = None  # anytime mode: no new round starts after this much wall time
+    stop_rules: tuple[StopRule, ...] = ()  # stop verifying early (agents.stopping): deadline, adaptive budget
+
+    @property
+    def deadline_ms(self) -> float | None:
+        """Anytime mode: the ``Deadline`` rule's milliseconds (None = no deadline); setting it replaces it."""
+        return next((r.ms for r in self.stop_rules if isinstance(r, Deadline)), None)
+
+    @deadline_ms.setter
+    def deadline_ms(self, ms: float | None) -> None:
+        self._replace_rule(Deadline, None if ms is None else Deadline(ms))
+
+    def _replace_rule(self, kind: type[StopRule], rule: StopRule | None) -> None:
+        self.stop_rules = (*(r for r in self.stop_rules if not isinstance(r, kind)), *([rule] if rule else []))
 
     def rounds(self, env: RSDRankEnv) -> int:
         return env.budget
@@ -76,28 +89,31 @@ class RankingMethod:
     def act(self, obs: dict[str, np.ndarray], env: RSDRankEnv) -> np.ndarray:
         raise NotImplementedError
 
-    def should_stop(self, obs: dict[str, np.ndarray], env: RSDRankEnv) -> bool:
-        """Checked before each round: stop early and output the committed ranking (always valid)."""
-        return False
-
-    def rank(self, env: RSDRankEnv, task_id: str) -> MethodResult:
+    def rank(self, env: RSDRankEnv, task_id: str, spent_ms: float = 0.0) -> MethodResult:
+        """One episode on ``task_id``. ``spent_ms``: cost already paid for this ranking elsewhere (a prompt
+        prefill shared by several methods), which deadlines count."""
         env = env.unwrapped
         task = env.task_by_id(task_id)
         env.target(task)  # memoised before the meter starts: the reference is not this method's cost
         self._prepare(env.verifier)
         before = env.verifier.stats.snapshot()
         start = time.perf_counter()
+        rules = [rule.begin(spent_ms) for rule in self.stop_rules]
         obs, _ = env.reset(options={"task_id": task_id})
         self.start(env, task)
         terminated = False
         while not terminated:
-            if not env.in_commit_step:
-                late = self.deadline_ms is not None and 1000.0 * (time.perf_counter() - start) >= self.deadline_ms
-                if late or int(obs["round"][0]) >= self.rounds(env) or self.should_stop(obs, env):
-                    if not env.end_verification():
-                        break  # no commit step follows: the committed ranking is the output
-                    obs = env.observation()
+            verifying = not env.in_commit_step
+            if verifying and (int(obs["round"][0]) >= self.rounds(env)
+                              or any(rule.should_stop(obs, env) for rule in rules)):
+                if not env.end_verification():
+                    break  # no commit step follows: the committed ranking is the output
+                obs, verifying = env.observation(), False
+            round_start = time.perf_counter()
             obs, _, terminated, _, _ = env.step(self.act(obs, env))
+            if verifying:
+                for rule in rules:
+                    rule.after_round(env, 1000.0 * (time.perf_counter() - round_start))
         wall_ms = 1000.0 * (time.perf_counter() - start)
         cost = env.verifier.stats.since(before)
         info = env.episode_summary()
@@ -255,23 +271,27 @@ class ARMethod(RankingMethod):
 class AgentMethod(RankingMethod):
     """A learned agent (RPO, PPO, ... with our item policy): greedy scores each round.
 
-    ``min_gain``: adaptive budget — skip the remaining rounds once the policy's value head
-    (``expected_gain``, trained by RPO) predicts less agreement gain than this.
+    ``min_gain``: adaptive budget — a ``ValueHead`` stop rule: skip the remaining rounds once the policy's
+    value head (``expected_gain``, trained by RPO) predicts less agreement gain than this.
     """
 
     def __init__(self, agent: Any, name: str = "agent", min_gain: float | None = None) -> None:
         self.agent = agent
         self.name = name
         self.min_gain = min_gain
-        if min_gain is not None and not hasattr(agent.policy, "expected_gain"):
-            raise ValueError(f"min_gain needs a policy with expected_gain (RPO); {type(agent).__name__} has none")
 
-    def should_stop(self, obs, env):
-        if self.min_gain is None:
-            return False
-        from agents.policy import expected_gain
+    @property
+    def min_gain(self) -> float | None:
+        return next((r.min_gain for r in self.stop_rules if isinstance(r, ValueHead)), None)
 
-        return expected_gain(self.agent.policy, obs) < self.min_gain
+    @min_gain.setter
+    def min_gain(self, value: float | None) -> None:
+        from agents.policy import RankingPolicy
+
+        if value is not None and not isinstance(self.agent.policy, RankingPolicy):
+            raise ValueError(f"min_gain needs a policy with expected_gain (RPO); {type(self.agent).__name__} "
+                             "has none: use an @adaptive rule (agents.stopping.adaptive_rule)")
+        self._replace_rule(ValueHead, None if value is None else ValueHead(value_function(self.agent), value))
 
     def act(self, obs, env):
         from agents.policy import item_scores  # torch is imported only for learned agents

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agents.methods import RankingMethod, make_method
+from agents.stopping import StopRule
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.data.trec import QueryHits
 from rsd_env.env import RSDRankEnv
@@ -178,6 +179,7 @@ class _Window:
     rounds: int = 0
     done: bool = False
     ranking: np.ndarray | None = None  # set by a non-episodic method's own ``rank``
+    rules: list[StopRule] = field(default_factory=list)  # the method's stop rules, this window's copies
 
 
 class SlidingWindowReranker:
@@ -263,7 +265,7 @@ class SlidingWindowReranker:
                               "budget": self.budget, "task_order": "cycle"})
             method = copy.copy(self.method)
             before = self.verifier.stats.snapshot()
-            window = _Window(query, (start, end), env, method)
+            window = _Window(query, (start, end), env, method, rules=[rule.begin() for rule in method.stop_rules])
             query.result.windows += 1
             if not self._episodic:
                 window.ranking = method.rank(env, task.task_id).ranking
@@ -281,7 +283,7 @@ class SlidingWindowReranker:
 
     def _wants_round(self, w: _Window) -> bool:
         return (not w.done and w.rounds < min(w.method.rounds(w.env), self.budget)
-                and not w.method.should_stop(w.obs, w.env))
+                and not any(rule.should_stop(w.obs, w.env) for rule in w.rules))
 
     def _round(self, windows: Sequence[_Window]) -> None:
         """One verification round of every window in ``windows``, in one batched LLM call."""
@@ -289,11 +291,15 @@ class SlidingWindowReranker:
             return
         proposals = [w.env.propose(w.method.act(w.obs, w.env)) for w in windows]
         before = self.verifier.stats.snapshot()
+        round_start = time.perf_counter()
         verdicts = self.verifier.verify_batch([(w.env.task, r) for w, r in zip(windows, proposals)])
+        round_ms = 1000.0 * (time.perf_counter() - round_start)  # every window waited for the whole batch
         cost = self.verifier.stats.since(before)
         sizes = np.array([w.env.task.n for w in windows], dtype=np.float64)
         for w, v, share in zip(windows, verdicts, sizes / sizes.sum()):
             w.obs, _, terminated, _, _ = w.env.apply_verification(v)
+            for rule in w.rules:
+                rule.after_round(w.env, round_ms)
             w.rounds += 1
             w.done = w.done or bool(terminated)
             w.query.charge(1 if cost.forward_passes else 0, share * cost.tokens)

@@ -23,7 +23,7 @@ from typing import Any
 
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
-from experiments.evaluate import trained_n
+from experiments.paper.evaluate import trained_n
 from rsd_env.data.task import Candidate
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
 from rsd_env.settings import parse_assignments

@@ -215,6 +215,7 @@ class RSDRankEnv(gym.Env):
         self._first_obs = np.full(self.n, LOGP_FLOOR, dtype=np.float32)
         self._first_obs[: task.n] = np.clip(self._first, LOGP_FLOOR, 0.0)
         self._proposals = np.full((self.max_budget, task.n), -1, dtype=np.int64)
+        self._latest: Verification | None = None
         self._initial_agreement = self._now = self._agreement(self._committed)  # _now: of the committed ranking
         info = {"task_id": task.task_id, "agreement": self._initial_agreement, "budget": self.budget}
         return self._observation(), info
@@ -267,6 +268,7 @@ class RSDRankEnv(gym.Env):
         if self._committing or self._done:
             raise RuntimeError("no verification is expected now (commit step or episode over)")
         self._rows[self._round] = v.logprobs
+        self._latest = v
         self._verified_obs[self._round, : task.n, : task.n] = np.clip(v.logprobs, LOGP_FLOOR, 0.0)
         self._proposals[self._round, v.ranking] = np.arange(task.n)
         prefix = v.verified_prefix
@@ -322,6 +324,11 @@ class RSDRankEnv(gym.Env):
     def _agreement(self, ranking: np.ndarray) -> float:
         return float(agreement_batch(positions_batch(ranking[None]), self._target_pos, self._size,
                                      self.config["reward"])[0])
+
+    @property
+    def latest_verification(self) -> Verification | None:
+        """What the LLM said about the latest proposal this episode (None before the first round)."""
+        return self._latest
 
     @property
     def verified_prefix_length(self) -> int:

@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.adapter_data import reorder
-from experiments.eval_adapter import SHIPPED_ADAPTER, Ranker, tau_with_order
+from experiments.adapter.data import reorder
+from experiments.adapter.eval import SHIPPED_ADAPTER, Ranker, tau_with_order
 from rsd_env.data import load_tasks
 from rsd_env.verifiers.model_store import BUNDLED_MODEL
 from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS

@@ -17,7 +17,7 @@ import pytest
 
 import rsd_env  # noqa: F401
 from agents.train import main as train_main
-from experiments.evaluate import main as eval_main
+from experiments.paper.evaluate import main as eval_main
 from rsd_env.data import load_tasks
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.verifiers.server import OpenAIVerifier, ServerError

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.calibrate_simulator import DEFAULT_CONFIG, measure
+from experiments.paper.calibrate_simulator import DEFAULT_CONFIG, measure
 from rsd_env.data import load_tasks
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
 from rsd_env.verifiers.simulated import load_profiles, profile_params

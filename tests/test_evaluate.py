@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.methods import make_method
-from experiments.evaluate import EvalConfig, main, run_evaluation
+from experiments.paper.evaluate import EvalConfig, main, run_evaluation
 
 METHODS = ["ar", "std", "sd", "heuristic", "random", "heuristic@deadline=0.5", "heuristic@adaptive=0.1"]
 
@@ -184,7 +184,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
 
 def test_decoder_to_beat_and_relative_improvement_by_hand():
     """Two tasks, one T: the stronger decoder is the one to beat; improvement over the best of STD/SD."""
-    from experiments.evaluate import summarise
+    from experiments.paper.evaluate import summarise
 
     def rec(method, budget, task, tau, rho, foot, kem):
         return {"dataset": "d", "method": method, "budget": budget, "task_id": task, "kendall_tau": tau,

@@ -17,8 +17,8 @@ import torch
 import agents
 from agents.callbacks import CheckpointEvery
 from agents.train import main
-from experiments.evaluate import EvalConfig, run_evaluation
-from experiments.evaluate import main as eval_main
+from experiments.paper.evaluate import EvalConfig, run_evaluation
+from experiments.paper.evaluate import main as eval_main
 from rsd_env.io import FolderBusy, FolderLock, atomic_path, write_text
 
 TINY = [
@@ -222,7 +222,7 @@ def test_an_eval_killed_midway_leaves_the_previous_outputs(tmp_path, monkeypatch
     out = tmp_path / "out"
     run_evaluation(_eval_cfg(out), progress=False)
     before = _outputs(out)
-    import experiments.evaluate as ev
+    import experiments.paper.evaluate as ev
 
     def killed(*args, **kwargs):
         raise Killed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.main import load_main_config, main, train_config
+from experiments.paper.main import load_main_config, main, train_config
 
 
 def test_quick_simulated_main_job(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import sweep
+from experiments.paper import sweep
 
 TINY = {"timesteps": 20, "train_tasks": 8, "eval_tasks": 4, "tasks_per_batch": 1, "group_size": 2, "d_model": 32,
         "n_layers": 1}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.adapter_data import Examples
-from experiments.train_adapter import collate, identifier_scores, make_probe, micro_batches, probe_loss, ranking_losses
+from experiments.adapter.data import Examples
+from experiments.adapter.train import collate, identifier_scores, make_probe, micro_batches, probe_loss, ranking_losses
 
 N = 4
 UNIFORM_PL = math.lgamma(N + 1) / N  # mean over slots of log(#items left)
@@ -96,7 +96,7 @@ def examples(tmp_path):
 
 
 def test_training_refuses_a_file_where_no_prompt_has_the_closing_tags(tmp_path):
-    from experiments.train_adapter import main
+    from experiments.adapter.train import main
 
     stale = _write(tmp_path / "stale.npz", [_prompt(extra_tag_in_last_passage=True), _prompt()[:-3] + [9]])
     with pytest.raises(SystemExit, match="closing tags .* delete it to rebuild, or pass --probe-weight 0"):

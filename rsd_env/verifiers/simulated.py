@@ -10,7 +10,7 @@ with ``w_i = i / (N - 1)`` growing with the position. Quality follows the task's
 (plus noise) where it has them. Everything is seeded by the task id: same task, same answers.
 
 The parameters come in named profiles (``profiles/simulated.yaml``): ``calibrated`` (the default) was
-fitted by ``experiments/calibrate_simulator.py`` so that STD, SD and the hand-written decoder agree with
+fitted by ``experiments/paper/calibrate_simulator.py`` so that STD, SD and the hand-written decoder agree with
 their target as much as they do on the bundled real LLM; ``legacy`` is the hand-set profile used before,
 kept to reproduce earlier tables. Keyword arguments override single parameters of the chosen profile.
 """

@@ -1,7 +1,7 @@
 """Environment and training throughput, one JSON line per figure (a script, not a timed test).
 
-    python -m experiments.bench_env                       # simulated verifier
-    python -m experiments.bench_env --verifier bundled    # + the real LLM on DL19 (slow: prefills)
+    python -m experiments.benchmarks.env_steps                       # simulated verifier
+    python -m experiments.benchmarks.env_steps --verifier bundled    # + the real LLM on DL19 (slow: prefills)
 
 Figures, side by side in one run and on the same tasks: env steps/s (a step = one verification round
 or the commit step) for 1 env (``gym.make``); 8 envs stepped one by one (SB3 ``DummyVecEnv`` and
@@ -11,7 +11,7 @@ env); ``gym.make_vec(id, num_envs=k)`` (``rsd_env.vector.RSDRankVectorEnv``: all
 (``agents.vec_env.RSDVecEnv``, 8 envs); RPO training env-steps/s and updates/s; peak resident memory
 after each figure. ``steps_per_s`` is wall time; ``steps_per_cpu_s`` counts this process's CPU time, which
 stays comparable when other jobs share the machine.
-LLM phase latencies are ``experiments/bench_verifier.py``'s job.
+LLM phase latencies are ``experiments/benchmarks/verifier_latency.py``'s job.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="bench_env", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmarks.env_steps",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--verifier", nargs="+", default=["simulated"], help="simulated and/or bundled, hf:<m>")
     p.add_argument("--budget", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure")

@@ -2,7 +2,7 @@
 
 One command, resumable::
 
-    python -m experiments.train_adapter --config experiments/configs/adapter.yaml [--device cuda]
+    python -m experiments.adapter.train --config experiments/configs/adapter.yaml [--device cuda]
 
 Step 1 (once, ~100 s on 2 CPU cores) builds ``examples.npz`` from DL20 (half with easy negatives) and
 ML-100K train users with the verifier's own prompt code (``rsd_env.verifiers.prompts``); the MiniLM
@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from agents.plackett_luce import log_prob
-from experiments.adapter_data import Examples, prepare
+from experiments.adapter.data import Examples, prepare
 from rsd_env.io import atomic_path, write_json
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.data.exists():
         from transformers import AutoTokenizer
 
-        from experiments.adapter_data import MiniLMTeacher
+        from experiments.adapter.data import MiniLMTeacher
 
         print(f"building {args.data} (MiniLM teacher on {args.teacher_device}) ...", flush=True)
         t0 = time.time()

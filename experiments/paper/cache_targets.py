@@ -5,8 +5,8 @@ does not depend on the agent, so it is worth paying once, in the background, bef
 then pays only the prompt prefill and the verifications. Entries are written atomically one by one, so an
 interrupted run keeps what it finished and a rerun skips it.
 
-    python -m experiments.cache_targets --config experiments/configs/train_residual_bundled.yaml
-    python -m experiments.cache_targets --dataset ml-100k --split test
+    python -m experiments.paper.cache_targets --config experiments/configs/train_residual_bundled.yaml
+    python -m experiments.paper.cache_targets --dataset ml-100k --split test
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _tasks_and_env(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.cache_targets", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.paper.cache_targets",
+                                     description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="a training YAML (rsd-train --config): its env's tasks")
     source.add_argument("--dataset", help="a dataset name (rsd_env.data.load_tasks), with --split")

@@ -1,7 +1,7 @@
 """Hyperparameter sweeps of RPO: a wandb sweep, or an offline Optuna study that resumes after a kill.
 
-    python -m experiments.sweep optuna --trials 8 [--output results/sweep]   # no server, no account
-    python -m experiments.sweep wandb --count 8 [--project rsd-sweep]        # wandb server sweep
+    python -m experiments.paper.sweep optuna --trials 8 [--output results/sweep]   # no server, no account
+    python -m experiments.paper.sweep wandb --count 8 [--project rsd-sweep]        # wandb server sweep
     wandb sweep experiments/configs/sweep.yaml && wandb agent <id>           # same, with wandb's CLI
 
 The search space is ``configs/sweep.yaml`` for both. A trial trains RPO on the training tasks and scores
@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-SWEEP_CONFIG = Path(__file__).parent / "configs" / "sweep.yaml"
+from experiments import CONFIGS
+
+SWEEP_CONFIG = CONFIGS / "sweep.yaml"
 
 
 def load_space(path: str | Path | None = None) -> dict[str, Any]:
@@ -157,7 +159,7 @@ def wandb_sweep(count: int, project: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="experiments.sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="experiments.paper.sweep", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="backend", required=True)
     o = sub.add_parser("optuna", help="offline sweep; rerun the same command to resume")
     o.add_argument("--trials", type=int, default=8, help="complete trials wanted in the study")

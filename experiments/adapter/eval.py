@@ -1,6 +1,6 @@
 """Does the bundled target really rank? Evaluate base / base+adapter on data never trained on.
 
-    python -m experiments.eval_adapter [--adapter PATH | --adapter none] [--device cuda] [--out m.json]
+    python -m experiments.adapter.eval [--adapter PATH | --adapter none] [--device cuda] [--out m.json]
 
 DL19 (BM25 top-20; presented in BM25 order and in two seeded random orders) and ML-100K hold-out users:
 tau(AR ranking, presentation order), tau between the AR rankings of two presentation orders (docid
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import kendalltau
 
-from experiments.adapter_data import MiniLMTeacher, reorder
+from experiments.adapter.data import MiniLMTeacher, reorder
 from rsd_env.data import load_tasks
 from rsd_env.data.task import RankingTask
 from rsd_env.io import write_text

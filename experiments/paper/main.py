@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
-from experiments.evaluate import EvalConfig, run_evaluation
+from experiments import CONFIGS
+from experiments.paper.evaluate import EvalConfig, run_evaluation
 from experiments.report import ensure_writable, markdown_tables
 from rsd_env.settings import deep_merge, parse_assignments
 
-CONFIGS = Path(__file__).parent / "configs"
 MAIN_CONFIG = CONFIGS / "main.yaml"
 
 

@@ -41,15 +41,15 @@ import yaml
 from tqdm.auto import tqdm
 
 import rsd_env  # noqa: F401  (registers the envs)
-from experiments import report
-from experiments.anytime import RoundControl, agent_value_fn
-from experiments.run_folder import RunFolder
-from experiments.stats import mean_ci, paired_test
+from agents.stopping import adaptive_rule
+from experiments import CONFIGS, report
+from experiments.paper.run_folder import RunFolder
+from experiments.paper.stats import mean_ci, paired_test
 from rsd_env.env import RSDRankEnv
 from rsd_env.metrics import agreement_metrics, ndcg_at_k
 from rsd_env.settings import parse_assignments
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "eval.yaml"
+DEFAULT_CONFIG = CONFIGS / "eval.yaml"
 _LABEL = re.compile(r"^(?P<label>[A-Za-z][\w-]*)=(?P<spec>.+)$")  # rpo=agent:runs/rpo.zip
 _SUFFIX = re.compile(r"^(?P<base>.+?)@(?P<kind>deadline|adaptive)=(?P<value>[0-9.]+(?:[eE][+-]?[0-9]+)?)(?:ms)?$")
 
@@ -105,13 +105,11 @@ class EvalConfig:
 
 @dataclass
 class MethodEntry:
-    """A method as evaluated: the ranking method, its label, and an optional round controller."""
+    """A method as evaluated: the ranking method (with any ``@deadline`` / ``@adaptive`` stop rule) and its label."""
 
     label: str
     spec: str
     method: Any
-    deadline_ms: float | None = None
-    adaptive: float | None = None
     budget_free: bool = False
 
 
@@ -153,12 +151,11 @@ def build_methods(cfg: EvalConfig, factory: Callable[..., Any] | None = None) ->
         kind, value = (match["kind"], float(match["value"])) if match else (None, None)
         if hasattr(method, "cold"):
             method.cold = False  # the runner keeps fairness itself at a fraction of the cost (run_dataset)
-        adaptive = value if kind == "adaptive" else None
-        if adaptive is not None and hasattr(method, "min_gain") and \
-                hasattr(getattr(getattr(method, "agent", None), "policy", None), "expected_gain"):
-            method.min_gain, adaptive = adaptive, None  # the agent's own value head decides (agents.methods)
-        entries.append(MethodEntry(label, spec, method, deadline_ms=value if kind == "deadline" else None,
-                                   adaptive=adaptive, budget_free=match is None and base in cfg.budget_free))
+        if kind == "deadline":
+            method.deadline_ms = value
+        elif kind == "adaptive":  # the agent's own value estimate where it has one, else the LLM's verdict
+            method.stop_rules = (*method.stop_rules, adaptive_rule(getattr(method, "agent", None), value))
+        entries.append(MethodEntry(label, spec, method, budget_free=match is None and base in cfg.budget_free))
     return entries
 
 
@@ -218,12 +215,10 @@ def run_dataset(envs: dict[int, RSDRankEnv], entries: Sequence[MethodEntry], dat
                 if entry.budget_free and k > 0:
                     continue
                 verifier.clear_cache(keep_prompts=True)
-                runner: Any = env
-                if entry.deadline_ms is not None or entry.adaptive is not None:
-                    runner = RoundControl(env, entry.deadline_ms, entry.adaptive, agent_value_fn(entry.method),
-                                          spent_ms=prefill.ms)
+                # stop rules (deadlines) count the shared prefill as spent on this ranking
+                spent = {"spent_ms": prefill.ms} if getattr(entry.method, "stop_rules", ()) else {}
                 before = verifier.stats.snapshot()
-                result = entry.method.rank(runner, task.task_id)
+                result = entry.method.rank(env, task.task_id, **spent)
                 cost = verifier.stats.since(before)
                 ranking = np.asarray(result.ranking, dtype=np.int64)
                 latency_ms, passes, tokens = prefill.charge(result, cost)
@@ -388,7 +383,7 @@ def write_outputs(results: dict[str, Any], out: Path, labels: Sequence[str], cfg
                     name = re.sub(r"[^A-Za-z0-9_.=@-]+", "_", label) + (f".T{budget}" if budget else "")
                     report.write_trec_run(out / "runs" / dataset / f"{name}.trec", runs, name)
     if cfg.plots:
-        from experiments import plots
+        from experiments.paper import plots
 
         shown = [lab for lab in labels if lab not in cfg.plot_exclude]
         for dataset in cfg.datasets:

@@ -1,7 +1,7 @@
 """Kill ``rsd-train`` at random moments (SIGKILL) and check that every run resumes, finishes, and ends with
 exactly the weights and evaluations of an uninterrupted run.
 
-    python -m experiments.kill_resume_check --kills 20          # ~5 min on 2 CPU cores
+    python -m experiments.benchmarks.kill_resume --kills 20          # ~5 min on 2 CPU cores
 
 A reference run trains once without interruption (its wall time D). Then each attempt starts the same
 command and SIGKILLs it after a random delay in [0, D); a run that finishes before it is killed is checked
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 import agents
+from experiments import CONFIGS
 
-CONFIG = Path(__file__).parent / "configs" / "train_rpo_sim.yaml"
+CONFIG = CONFIGS / "train_rpo_sim.yaml"
 # the simulated config, shrunk so that one uninterrupted run takes seconds beyond start-up
 SMALL = ["env.data.count=200", "eval_tasks=16", "total_timesteps=3000", "eval_freq=600", "checkpoint_freq=300",
          "algo_kwargs.warm_start_timesteps=1500", "algo_kwargs.tasks_per_batch=8", "progress_bar=false"]
@@ -43,7 +44,7 @@ def command(run_dir: Path, name: str) -> list[str]:
 
 
 def start(run_dir: Path, name: str, log) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "WANDB_SILENT": "true"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "WANDB_SILENT": "true"}
     return subprocess.Popen(command(run_dir, name), stdout=log, stderr=log, env=env)
 
 

@@ -1,7 +1,7 @@
 """Benchmark of the real verifier on DL19 (N=20, bundled model): one JSON line per figure.
 
-    python -m experiments.bench_verifier            # ~5 min on 2 CPU cores
-    python -m experiments.bench_verifier --quick    # ~1-2 min, fewer tasks and budgets
+    python -m experiments.benchmarks.verifier_latency            # ~5 min on 2 CPU cores
+    python -m experiments.benchmarks.verifier_latency --quick    # ~1-2 min, fewer tasks and budgets
 
 Figures (ms unless stated): prompt prefill, one AR decode step, full AR ranking, one verification pass
 (KV reused / no reuse / prefix reuse), 8 batched proposals vs 8 single calls, peak memory, and

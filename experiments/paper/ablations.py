@@ -6,7 +6,7 @@ Variants are dotted-key overrides of the base training config (``rsd-train --set
 ``warm-start-only: full/warm_start.zip`` (the model before its first RL update). Runs resume like
 rsd-train; the table goes to ``<output>/eval/table.md``.
 
-    python -m experiments.ablations --config experiments/configs/ablations_sim.yaml
+    python -m experiments.paper.ablations --config experiments/configs/ablations_sim.yaml
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from typing import Any
 
 import yaml
 
-from experiments.evaluate import EvalConfig, run_evaluation
+from experiments import CONFIGS
+from experiments.paper.evaluate import EvalConfig, run_evaluation
 from experiments.report import markdown_tables
-
-CONFIGS = Path(__file__).parent / "configs"
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def finished_runs(cfg: dict[str, Any]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.ablations", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.paper.ablations", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(CONFIGS / "ablations_sim.yaml"))
     p.add_argument("--output", help="output folder (default: the config's)")
     p.add_argument("--variants", nargs="+", help="only these variants (default: all), e.g. to train in parallel")

@@ -1,7 +1,7 @@
 """Fit the simulated verifier so that cheap methods agree with it as much as they do with the real LLM.
 
-    python -m experiments.calibrate_simulator                    # measure the bundled target on DL20, fit, write
-    python -m experiments.calibrate_simulator --real-stats results/calibration/real.json --trials 50
+    python -m experiments.paper.calibrate_simulator                    # measure the bundled target on DL20, fit, write
+    python -m experiments.paper.calibrate_simulator --real-stats results/calibration/real.json --trials 50
 
 What is tuned on a simulator only transfers if the simulator poses the same problem: how far the
 single-token ranking is from AR, how fast left-to-right SD closes the gap, and how much an up-to-down
@@ -25,13 +25,14 @@ from typing import Any
 import yaml
 
 from agents.methods import make_method, rank_tasks, summarize
+from experiments import CONFIGS
 from rsd_env.data import load_tasks
 from rsd_env.env import RSDRankEnv
 from rsd_env.io import write_text
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
 from rsd_env.verifiers.simulated import PROFILES_FILE, load_profiles, profile_params
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "calibrate.yaml"
+DEFAULT_CONFIG = CONFIGS / "calibrate.yaml"
 Stat = tuple[str, int]
 
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         profiles = load_profiles(args.profiles)
         profiles["calibrated"] = {
-            "description": (f"fitted by experiments/calibrate_simulator.py to the {real['verifier']} target on "
+            "description": (f"fitted by experiments/paper/calibrate_simulator.py to the {real['verifier']} target on "
                             f"{real['dataset']} ({real['tasks']} tasks), {trials} TPE trials"),
             "params": result["params"],
             "fit": {"real_kendall_tau": {k: round(target[k], 4) for k in result["simulated"]},

@@ -1,0 +1,1 @@
+"""The bundled LLM's listwise LoRA adapter: data preparation, CPU training, evaluation."""
