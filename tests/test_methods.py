@@ -153,3 +153,22 @@ def test_anytime_deadline_stops_before_new_rounds():
     r = make_method("sd", deadline_ms=0.0).rank(env, tid)
     assert r.info["rounds"] == 0 and r.llm_passes == 1  # valid output: the single-token ranking
     assert make_method("sd", deadline_ms=1e9).rank(env, tid).info["rounds"] >= 1
+
+
+def test_stop_rules_are_one_mechanism_for_deadline_value_head_and_llm_verdict():
+    from agents.stopping import Deadline, LLMVerdict, ValueHead
+
+    env = _env(budget=3)
+    tid = _ids(env, 1)[0]
+    sd = make_method("sd", deadline_ms=5.0)
+    assert sd.deadline_ms == 5.0 and [type(r) for r in sd.stop_rules] == [Deadline]
+    sd.deadline_ms = None
+    assert sd.stop_rules == ()
+    verdict = make_method("heuristic")
+    verdict.stop_rules = (LLMVerdict(1e9),)  # never worth another round once the LLM has spoken
+    assert verdict.rank(env, tid).info["rounds"] == 1
+    head = make_method("heuristic")
+    head.stop_rules = (ValueHead(lambda obs: 0.0, min_gain=0.5),)  # the value says nothing is left to gain
+    assert head.rank(env, tid).info["rounds"] == 0
+    with pytest.raises(ValueError, match="milliseconds"):
+        Deadline(-1)

@@ -281,3 +281,20 @@ def test_bad_inputs_name_the_problem(dl19, tmp_path, capsys):
     _expect_error(capsys, ["--run", str(run), *out], "--collection")
     _expect_error(capsys, [*args, "--budget", "0", *out], "budget must be an integer >= 1")
     assert not (tmp_path / "o" / "rerank.jsonl").exists()  # nothing half-written by a failed start
+
+
+def test_windows_honour_the_methods_stop_rules(dl19):
+    """A method's stop rules (agents.stopping) apply to every window, batched or not."""
+    from agents.methods import make_method
+    from agents.stopping import LLMVerdict
+
+    queries, _ = dl19
+    verifier = SimulatedVerifier("legacy")
+    now = make_method("heuristic", deadline_ms=0.0)  # every round would end past the deadline
+    results = rerank(queries[:2], now, 2, verifier, top=30, batch=4)
+    assert all(r.rounds == 0 and r.windows == 2 for r in results)
+    eager = make_method("heuristic")
+    eager.stop_rules = (LLMVerdict(1e9),)  # stops after the first verdict: one round per window
+    results = rerank(queries[:2], eager, 3, verifier, top=30, batch=4)
+    assert all(r.rounds == 2 for r in results)
+    assert [r.docids for r in results] != [[h.docid for h in q.hits] for q in queries[:2]]
