@@ -329,7 +329,7 @@ class SlidingWindowReranker:
         bar.update(1)
 
 
-def rerank(requests: Sequence[QueryHits], method: RankingMethod | str = "heuristic", budget: int = 2,
+def rerank(requests: Sequence[QueryHits], method: RankingMethod | str = "shipped", budget: int = 2,
            verifier: Verifier | Any = "bundled", top: int = 100, window: int = 20, stride: int = 10,
            passes: int = 1, batch: int = 16, qrels: Mapping[str, Mapping[str, int]] | None = None,
            progress: bool = False) -> list[RerankResult]:

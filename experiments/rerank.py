@@ -28,7 +28,7 @@ from rsd_env.data.task import Candidate
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
 from rsd_env.settings import parse_assignments
 
-DEFAULT_METHOD = "heuristic"  # the best hand-written decoder; no trained agent ships with the package
+DEFAULT_METHOD = "shipped"  # the agent shipped in agents/pretrained (trained against the bundled LLM)
 MEASURES = {"ndcg_cut_10": "NDCG@10", "map": "MAP", "recall_100": "R@100"}
 SETTINGS = ("input", "method", "budget", "top", "window", "stride", "passes", "verifier")
 
@@ -193,8 +193,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     src.add_argument("--dataset", help=f"bundled BM25 top-100 with qrels: {' | '.join(sorted(BUNDLED_TREC))}")
     p.add_argument("--qrels", help="TREC qrels: print NDCG@10 / MAP / R@100 over the full qrels")
     p.add_argument("--method", default=DEFAULT_METHOD,
-                   help="ar std sd heuristic ... (any name in agents.methods.METHODS) or agent:<checkpoint> "
-                        f"(default {DEFAULT_METHOD})")
+                   help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint> or "
+                        f"shipped (default {DEFAULT_METHOD})")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20)")

@@ -196,7 +196,7 @@ def test_rank_llm_round_trip_and_qrels(dl19, tmp_path, capsys):
         for i, h in enumerate(q.hits, 1)]}) + "\n" for q in queries[:3]))
     qrels_path = tmp_path / "qrels.txt"
     qrels_path.write_text("".join(f"{q} 0 {d} {g}\n" for q, docs in qrels.items() for d, g in docs.items()))
-    out = _run(["--input", str(path), "--qrels", str(qrels_path)], tmp_path)
+    out = _run(["--input", str(path), "--qrels", str(qrels_path), "--method", "heuristic"], tmp_path)
     printed = capsys.readouterr().out
     assert "first_stage NDCG@10" in printed and "reranked    NDCG@10" in printed and "full qrels" in printed
     summary = json.loads((out / "summary.json").read_text())

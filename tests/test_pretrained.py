@@ -1,0 +1,45 @@
+"""The agent shipped in agents/pretrained: it loads from the package and earns its place on the real target."""
+
+import numpy as np
+import pytest
+
+from agents.methods import SDMethod, make_method, rank_tasks
+from agents.pretrained import PRETRAINED, pretrained_path
+
+
+def test_every_shipped_agent_has_its_weights_config_and_card():
+    for name, folder in PRETRAINED.items():
+        path = pretrained_path(name)
+        assert path.parent.name == folder
+        for part in ("model.zip", "config.yaml", "MODEL_CARD.md"):
+            assert (path.parent / part).is_file(), f"{name}: {part} is missing"
+        card = (path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
+        assert "rsd-train --config" in card and "Kendall" in card
+    assert pretrained_path("shipped") == pretrained_path()
+    with pytest.raises(ValueError, match="unknown shipped agent"):
+        pretrained_path("nope")
+
+
+def test_the_shipped_agent_is_the_default_of_make_method_and_reads_the_observation():
+    import gymnasium as gym
+
+    import rsd_env
+
+    method = make_method("shipped")
+    assert method.name == "shipped"
+    env = gym.make("RSDRankSim-v0", config={**rsd_env.SIM_CONFIG, "data": {"count": 4}, "budget": 2}).unwrapped
+    results = rank_tasks(method, env)
+    assert all(sorted(r.ranking.tolist()) == list(range(20)) for r in results)
+
+
+@pytest.mark.llm
+def test_the_shipped_agent_beats_sd_on_dl19_at_t1():
+    import gymnasium as gym
+
+    env = gym.make("RSDRank-v0", config={"max_tasks": 6, "budget": 1}).unwrapped
+    ours = rank_tasks(make_method("shipped"), env)
+    sd = rank_tasks(SDMethod(), env)
+    tau = np.array([r.info["kendall_tau"] for r in ours])
+    tau_sd = np.array([r.info["kendall_tau"] for r in sd])
+    assert tau.mean() > tau_sd.mean() + 0.01  # a broken checkpoint cannot land
+    assert (tau >= tau_sd - 1e-9).sum() >= 5  # and not by luck on one query
