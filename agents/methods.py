@@ -19,7 +19,7 @@ import numpy as np
 from agents.stopping import Deadline, StopRule, ValueHead, value_function
 from rsd_env.data import RankingTask
 from rsd_env.env import RSDRankEnv
-from rsd_env.metrics import agreement, agreement_metrics, ndcg_at_k
+from rsd_env.metrics import agreement
 
 __all__ = [
     "MethodResult", "RankingMethod", "ARMethod", "STDMethod", "SDMethod", "DecoderMethod", "HeuristicMethod",
@@ -258,13 +258,9 @@ class ARMethod(RankingMethod):
         ranking = np.asarray(verifier.decode_target(task), dtype=np.int64)
         wall_ms = 1000.0 * (time.perf_counter() - start)
         cost = verifier.stats.since(before)
-        docids = [task.candidates[j].docid for j in ranking]
-        info: dict[str, Any] = {"task_id": task_id, "final_ranking": ranking, "final_docids": docids,
-                                "target_ranking": target.copy(), **agreement_metrics(ranking, target),
-                                "final_agreement": agreement(ranking, target), "rounds": 0,
-                                "llm_passes": cost.forward_passes}
-        if task.has_labels():
-            info["ndcg@10"] = ndcg_at_k({task_id: docids}, {task_id: task.relevance()}, 10)[task_id]
+        info = {**env.ranking_summary(task, ranking), "final_agreement": agreement(ranking, target), "rounds": 0,
+                "llm_passes": cost.forward_passes}
+        docids = info["final_docids"]
         return MethodResult(task_id, ranking, docids, cost.forward_passes, cost.tokens, wall_ms, info)
 
 

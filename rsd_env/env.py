@@ -340,25 +340,31 @@ class RSDRankEnv(gym.Env):
         return self._committed.copy()
 
     def episode_summary(self) -> dict[str, Any]:
-        task = self.task
+        summary = self.ranking_summary(self.task, self._committed)
+        summary.update(initial_agreement=self._initial_agreement, final_agreement=self._now, rounds=self._round,
+                       budget=self.budget,
+                       llm_passes=episode_passes(self._round))  # prefill + one per verification; commit is free
+        return summary
+
+    def ranking_summary(self, task: RankingTask, ranking: np.ndarray) -> dict[str, Any]:
+        """What the env reports about any ranking of ``task``: it, its docids, the target, the agreement
+        metrics (Kendall tau, Spearman rho, Footrule, Kemeny) and trec_eval's NDCG@10 when labelled. Methods
+        that do not run an episode (AR) report through it too."""
+        ranking = np.asarray(ranking, dtype=np.int64)
+        target = self.target(task)
         summary: dict[str, Any] = {
             "task_id": task.task_id,
-            "final_ranking": self._committed.copy(),
-            "final_docids": [task.candidates[j].docid for j in self._committed],
-            "target_ranking": self._target.copy(),
+            "final_ranking": ranking.copy(),
+            "final_docids": [task.candidates[j].docid for j in ranking],
+            "target_ranking": target.copy(),
             **{key: float(value[0]) for key, value in agreement_metrics_batch(
-                positions_batch(self._committed[None]), self._target_pos, np.array([task.n])).items()},
-            "initial_agreement": self._initial_agreement,
-            "final_agreement": self._now,
-            "rounds": self._round,
-            "budget": self.budget,
-            "llm_passes": episode_passes(self._round),  # prefill + one per verification; commit is free
+                positions_batch(ranking[None]), positions_batch(target[None]), np.array([task.n])).items()},
         }
         if task.has_labels():  # trec_eval's NDCG@10 (equality with pytrec_eval is tested)
             if task.task_id not in self._gains:  # task ids are unique within an env
                 self._gains[task.task_id] = label_gains(task, task.n)
             gains, ideal = self._gains[task.task_id]
-            summary["ndcg@10"] = float(ndcg_batch(self._committed[None], gains[None], np.array([ideal]))[0])
+            summary["ndcg@10"] = float(ndcg_batch(ranking[None], gains[None], np.array([ideal]))[0])
         return summary
 
     def _observation(self) -> dict[str, np.ndarray]:
