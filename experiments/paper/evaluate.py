@@ -47,7 +47,7 @@ from experiments.paper.run_folder import RunFolder
 from experiments.paper.stats import mean_ci, paired_test
 from rsd_env.env import RSDRankEnv
 from rsd_env.metrics import agreement_metrics, ndcg_at_k
-from rsd_env.settings import parse_assignments
+from rsd_env.settings import apply_dotted, parse_assignments
 
 DEFAULT_CONFIG = CONFIGS / "eval.yaml"
 _LABEL = re.compile(r"^(?P<label>[A-Za-z][\w-]*)=(?P<spec>.+)$")  # rpo=agent:runs/rpo.zip
@@ -83,9 +83,8 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown keys {unknown} in evaluation config {path or DEFAULT_CONFIG}")
         if quick:
-            data.update(data.get("quick") or {})
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+            data = apply_dotted(data, data.get("quick") or {})
+        return cls(**apply_dotted(data, {k: v for k, v in overrides.items() if v is not None}))
 
     def validate(self) -> None:
         unknown = [d for d in self.datasets if d not in self.dataset_specs]
