@@ -73,6 +73,13 @@ class GroupRollout:
     steps: np.ndarray | None = None  # (S,) round index of each state
 
 
+def _map_tensors(fn, *batches: dict[str, Any]) -> dict[str, Any]:
+    """``fn`` applied leaf by leaf to batches of the same layout (tensors, and one level of dicts: ``obs``)."""
+    first = batches[0]
+    return {key: ({k: fn(*(b[key][k] for b in batches)) for k in value} if isinstance(value, dict)
+                  else fn(*(b[key] for b in batches))) for key, value in first.items()}
+
+
 class RPO(BaseAlgorithm):
     """Ranking-tailored policy optimisation with a greedy-rollout baseline.
 
@@ -367,13 +374,10 @@ class RPO(BaseAlgorithm):
         if self.warm_start_replay == 0:
             return batch
         if self._replay is not None:
-            old = self._replay
-            batch = {key: ({k: torch.cat([old[key][k], v]) for k, v in value.items()} if key == "obs"
-                           else torch.cat([old[key], value])) for key, value in batch.items()}
+            batch = _map_tensors(lambda old, new: torch.cat([old, new]), self._replay, batch)
         excess = len(batch["targets"]) - self.warm_start_replay
         if excess > 0:  # oldest states first out
-            batch = {key: ({k: v[excess:] for k, v in value.items()} if key == "obs" else value[excess:])
-                     for key, value in batch.items()}
+            batch = _map_tensors(lambda t: t[excess:], batch)
         self._replay = batch
         return batch
 

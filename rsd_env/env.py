@@ -208,7 +208,6 @@ class RSDRankEnv(gym.Env):
         self._round = 0
         self._committing = False  # the next step is the commit step
         self._done = False
-        self._rows = np.zeros((self.max_budget, task.n, task.n))
         # the observation's verified rows, filled round by round: neutral uniform log(1/m) until verified
         self._verified_obs = np.full((self.max_budget, self.n, self.n), np.log(1.0 / task.n), dtype=np.float32)
         self._verified_obs[:, :, task.n:] = LOGP_FLOOR
@@ -267,7 +266,6 @@ class RSDRankEnv(gym.Env):
         task = self.task
         if self._committing or self._done:
             raise RuntimeError("no verification is expected now (commit step or episode over)")
-        self._rows[self._round] = v.logprobs
         self._latest = v
         self._verified_obs[self._round, : task.n, : task.n] = np.clip(v.logprobs, LOGP_FLOOR, 0.0)
         self._proposals[self._round, v.ranking] = np.arange(task.n)

@@ -43,24 +43,15 @@ def train_variants(cfg: dict[str, Any], progress: bool = True) -> dict[str, Path
 
     base = Path(cfg["train_config"])
     base = base if base.exists() else CONFIGS / base
-    checkpoints = {}
     for name, overrides in cfg["variants"].items():
-        if isinstance(overrides, str):  # a checkpoint another variant's run leaves, e.g. full/warm_start.zip
+        if isinstance(overrides, str):  # a checkpoint another variant's run leaves (finished_runs finds it)
             continue
         items = {**(cfg.get("train_overrides") or {}), **overrides, "run_dir": cfg["output"], "run_name": name}
         tcfg = load_train_config(base, items)
         tcfg.progress_bar = progress
         start = time.perf_counter()
-        checkpoints[name] = train(tcfg)
-        print(f"{name}: {checkpoints[name]} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-    for name, overrides in cfg["variants"].items():
-        if isinstance(overrides, str):
-            path = Path(cfg["output"]) / overrides
-            if not path.exists():
-                raise FileNotFoundError(f"variant {name!r}: no checkpoint {path}; the variant that leaves it "
-                                        "must come first in 'variants'")
-            checkpoints[name] = path
-    return {name: checkpoints[name] for name in cfg["variants"]}
+        print(f"{name}: {train(tcfg)} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    return finished_runs(cfg)
 
 
 def finished_runs(cfg: dict[str, Any]) -> dict[str, Path]:
@@ -69,7 +60,8 @@ def finished_runs(cfg: dict[str, Any]) -> dict[str, Path]:
     paths = {name: out / (v if isinstance(v, str) else f"{name}/model.zip") for name, v in cfg["variants"].items()}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"no finished run for {missing}; train them first (without --eval-only)")
+        raise FileNotFoundError(f"no finished run for {missing}; train them first (without --eval-only); a "
+                                "checkpoint variant needs the variant whose run leaves it")
     return paths
 
 
