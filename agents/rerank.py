@@ -6,7 +6,8 @@ is one episode of any ``RankingMethod`` at budget T. Windows of one query are se
 candidates depend on the previous window's output); windows of different queries advance together, with
 one ``verify_batch`` call per verification round across all of them, so a run of many queries is not a
 loop of single LLM calls. Methods that do not follow the episode protocol (AR) rank each window with their
-own ``rank``. Prompt prefills stay one call per window: no verifier batches prefills yet.
+own ``rank``. The prompts of windows that open together are prefilled together too
+(``Verifier.prefill_batch``: one padded pass on the HF verifier where its device gains from it).
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ class _NoReference(Verifier):
     def first_token_scores(self, task: RankingTask) -> np.ndarray:
         return self.inner.first_token_scores(task)
 
+    def prefill_batch(self, tasks: Sequence[RankingTask]) -> None:
+        self.inner.prefill_batch(tasks)
+
     def verify(self, task, ranking):
         return self.inner.verify(task, ranking)
 
@@ -225,26 +229,25 @@ class SlidingWindowReranker:
         try:
             while pending or active:
                 while pending and len(active) < self.batch:
-                    request = pending.popleft()
-                    query = _Query(request, self.spec, qrels.get(request.qid) if qrels else None)
-                    window = self._open(query)
-                    if window is None:
+                    admit = [pending.popleft() for _ in range(min(len(pending), self.batch - len(active)))]
+                    opened, finished = self._open(
+                        [_Query(r, self.spec, qrels.get(r.qid) if qrels else None) for r in admit])
+                    active.extend(opened)
+                    for query in finished:
                         self._done(query, results, on_result, bar)
-                    else:
-                        active.append(window)
                 self._round([w for w in active if self._wants_round(w)])
                 still: list[_Window] = []
+                moving: list[_Query] = []
                 for w in active:
                     if not w.done and self._wants_round(w):
                         still.append(w)
-                        continue
-                    self._close(w)  # window finished: its query moves on to its next window, or is done
-                    nxt = self._open(w.query)
-                    if nxt is None:
-                        self._done(w.query, results, on_result, bar)
                     else:
-                        still.append(nxt)
-                active = still
+                        self._close(w)  # window finished: its query moves on to its next window, or is done
+                        moving.append(w.query)
+                opened, finished = self._open(moving)
+                for query in finished:
+                    self._done(query, results, on_result, bar)
+                active = still + opened
                 bar.set_postfix(windows=len(active))
         finally:
             bar.close()
@@ -252,34 +255,64 @@ class SlidingWindowReranker:
         return [results[q] for q in ids]
 
     # ---- one window's episode ------------------------------------------------------------------------
-    def _open(self, query: _Query) -> _Window | None:
-        """The query's next window, reset (its prompt prefilled); ``None`` when the query is done.
+    def _open(self, queries: Sequence[_Query]) -> tuple[list[_Window], list[_Query]]:
+        """The next window of each query, reset: (windows in flight, queries with no window left).
+
+        The new windows' prompts are prefilled together (``Verifier.prefill_batch``) before their envs
+        reset. A window that needs no verification round (STD, AR's own ``rank``, a stop rule) is finished
+        at once and its query moves on to its next window in the next batch.
+        """
+        opened: list[_Window] = []
+        finished: list[_Query] = []
+        todo = list(queries)
+        while todo:
+            staged: list[tuple[_Query, tuple[int, int], RankingTask]] = []
+            for query in todo:
+                if not query.todo:
+                    finished.append(query)
+                    continue
+                p, start, end = query.todo.popleft()
+                task = RankingTask(f"{query.request.qid}#p{p}:{start}-{end}", "ir", tuple(query.hits[start:end]),
+                                   query=query.request.query, qrels=query.labels)
+                staged.append((query, (start, end), task))
+            if staged:
+                before = self.verifier.stats.snapshot()
+                self.verifier.prefill_batch([task for _, _, task in staged])
+                cost = self.verifier.stats.since(before)  # tokens only: passes are counted on reset
+                sizes = np.array([task.n for _, _, task in staged], dtype=np.float64)
+                for (query, _, _), share in zip(staged, sizes / sizes.sum()):
+                    query.charge(0, share * cost.tokens)
+            todo = []
+            for query, span, task in staged:
+                window = self._start(query, span, task)
+                if window is None:
+                    todo.append(query)
+                else:
+                    opened.append(window)
+        return opened, finished
+
+    def _start(self, query: _Query, span: tuple[int, int], task: RankingTask) -> _Window | None:
+        """One window's episode, reset; ``None`` when it finished at once (then closed and written back).
 
         Non-episodic methods (AR) rank the whole window here."""
-        while query.todo:
-            p, start, end = query.todo.popleft()
-            hits = tuple(query.hits[start:end])
-            task = RankingTask(f"{query.request.qid}#p{p}:{start}-{end}", "ir", hits, query=query.request.query,
-                               qrels=query.labels)
-            env = RSDRankEnv({"tasks": [task], "verifier": self._view, "n": self.spec.window,
-                              "budget": self.budget, "task_order": "cycle"})
-            method = copy.copy(self.method)
-            before = self.verifier.stats.snapshot()
-            window = _Window(query, (start, end), env, method, rules=[rule.begin() for rule in method.stop_rules])
-            query.result.windows += 1
-            if not self._episodic:
-                window.ranking = method.rank(env, task.task_id).ranking
-                window.done = True
-            else:
-                window.obs, _ = env.reset(options={"task_id": task.task_id})
-                method.start(env, task)
-            cost = self.verifier.stats.since(before)
-            query.charge(cost.forward_passes, cost.tokens)
-            if window.done or not self._wants_round(window):
-                self._close(window)
-                continue
-            return window
-        return None
+        env = RSDRankEnv({"tasks": [task], "verifier": self._view, "n": self.spec.window,
+                          "budget": self.budget, "task_order": "cycle"})
+        method = copy.copy(self.method)
+        before = self.verifier.stats.snapshot()
+        window = _Window(query, span, env, method, rules=[rule.begin() for rule in method.stop_rules])
+        query.result.windows += 1
+        if not self._episodic:
+            window.ranking = method.rank(env, task.task_id).ranking
+            window.done = True
+        else:
+            window.obs, _ = env.reset(options={"task_id": task.task_id})
+            method.start(env, task)
+        cost = self.verifier.stats.since(before)
+        query.charge(cost.forward_passes, cost.tokens)
+        if window.done or not self._wants_round(window):
+            self._close(window)
+            return None
+        return window
 
     def _wants_round(self, w: _Window) -> bool:
         return (not w.done and w.rounds < min(w.method.rounds(w.env), self.budget)

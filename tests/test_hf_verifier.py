@@ -144,6 +144,36 @@ def test_prompts_longer_than_the_sliding_window(verifier: hf.HFVerifier, tasks: 
     assert verifier.verify(long, target).accepted == N
 
 
+def test_batched_prefill_equals_one_by_one(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    """Prompts of different lengths (one past the sliding window) prefilled in one right-padded pass give
+    the rows a fresh forward gives, count no pass, and later calls read them from the cache."""
+    long = dataclasses.replace(tasks[1], task_id="long-prefill", query=" ".join([tasks[1].query] * 40))
+    batch = [tasks[0], long, tasks[1]]
+    assert len({len(verifier.prompt_ids(t)) for t in batch}) == 3
+    ranking = np.array([2, 4, 0, 3, 1])
+    fresh = [verifier.rows_without_cache(task, ranking) for task in batch]
+    old = verifier.prefill_batch_tokens
+    try:
+        for cap in (8192, 1):  # one padded pass for all three; a cap of 1 token: one prompt per pass
+            verifier.prefill_batch_tokens = cap
+            verifier.clear_cache(keep_instruction=True)
+            before = verifier.stats.snapshot()
+            verifier.prefill_batch(batch)
+            spent = verifier.stats.since(before)
+            assert spent.forward_passes == 0 and spent.calls.get("prefill") == (1 if cap > 1 else 3)
+            assert spent.tokens == sum(len(verifier.encode(t)[1]) for t in batch)
+            before = verifier.stats.snapshot()
+            for task, rows in zip(batch, fresh):
+                np.testing.assert_allclose(verifier.first_token_scores(task), rows[0], atol=ATOL)
+                np.testing.assert_allclose(verifier.verify(task, ranking).logprobs, rows, atol=ATOL)
+            spent = verifier.stats.since(before)
+            assert not spent.calls.get("prefill") and spent.forward_passes == 2 * len(batch)
+    finally:
+        verifier.prefill_batch_tokens = old
+    with pytest.raises(ValueError, match="prefill_batch_tokens"):
+        hf.HFVerifier(adapter=None, prefill_batch_tokens=0)
+
+
 def test_target_disk_cache_round_trip(
     verifier: hf.HFVerifier, tasks: list[RankingTask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

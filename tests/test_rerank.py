@@ -106,16 +106,16 @@ def test_a_window_ends_with_the_methods_commit_step(dl19, method):
     assert got.llm_passes == expected.llm_passes == 2
 
 
-def _count_batches(verifier) -> list[int]:
-    """Record the size of every ``verify_batch`` call on ``verifier``."""
+def _count_batches(verifier, call: str = "verify_batch") -> list[int]:
+    """Record the size of every ``verify_batch`` (or ``prefill_batch``) call on ``verifier``."""
     sizes: list[int] = []
-    inner = verifier.verify_batch
+    inner = getattr(verifier, call)
 
     def counted(requests):
         sizes.append(len(requests))
         return inner(requests)
 
-    verifier.verify_batch = counted
+    setattr(verifier, call, counted)
     return sizes
 
 
@@ -126,10 +126,14 @@ def test_batching_across_queries_changes_cost_not_output(dl19, method):
     for batch in (1, 6):
         verifier = SimulatedVerifier()
         sizes = _count_batches(verifier)
+        prefills = _count_batches(verifier, "prefill_batch")
         reranker = SlidingWindowReranker(method, verifier, WindowSpec(top=40), budget=2, batch=batch)
-        outputs[batch] = _docids(reranker.rerank(queries, qrels=qrels))
+        results = reranker.rerank(queries, qrels=qrels)
+        outputs[batch] = _docids(results)
         calls[batch] = len(sizes)
         assert max(sizes, default=0) <= batch
+        # every window's prompt is handed to prefill_batch once, with the other queries' new windows
+        assert sum(prefills) == sum(r.windows for r in results) and max(prefills) == min(batch, len(queries))
     assert outputs[1] == outputs[6]
     if method != "ar":  # one verify_batch per round across queries instead of one call per window
         assert calls[6] * 3 <= calls[1]

@@ -4,7 +4,8 @@
     python -m experiments.benchmarks.verifier_latency --quick    # ~1-2 min, fewer tasks and budgets
 
 Figures (ms unless stated): prompt prefill, one AR decode step, full AR ranking, one verification pass
-(KV reused / no reuse / prefix reuse), 8 batched proposals vs 8 single calls, peak memory, and
+(KV reused / no reuse / prefix reuse), 8 batched proposals vs 8 single calls, 8 prompts prefilled in
+one padded pass vs one at a time (``--prefill-batch``), peak memory, and
 tau(target, presentation order) for the model in use; then the passage-budget table used to choose
 ``DEFAULT_PASSAGE_TOKENS`` (prompt tokens, prefill ms, target agreement with the longest budget).
 The speed targets (a verification <= 2.5 AR steps, full AR >= 7 verifications, 8 batched proposals
@@ -71,11 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice); 1 is far steadier on a loaded machine")
+    ap.add_argument("--prefill-batch", type=int, default=None,
+                    help="prompts in the batched-prefill figure (default 8, quick 4)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     n_tasks = args.tasks or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 6)
+    prefill_k = args.prefill_batch or (4 if args.quick else 8)
     budgets = args.budgets or ([32, 64] if args.quick else [32, 48, 64, 80, 128])
     adapter: str | None = None if args.adapter.lower() == "none" else args.adapter
     if adapter == "bundled" and not (bundled_adapter_dir() / "adapter_config.json").exists():
@@ -142,6 +146,19 @@ def main(argv: list[str] | None = None) -> None:
     emit("verify_8_singles_ms", single8, note="tasks mixed, prompts cached")
     emit("verify_batch_8_ms", batch8, speedup=round(single8 / batch8, 2))
     targets_list = [v.target_ranking(task) for task in tasks]
+
+    # batched prompt prefill (Verifier.prefill_batch, rsd-rerank's new windows) vs one prompt per pass
+    pool = load_tasks("trec-dl", "test", n=20, max_tasks=prefill_k)
+    apart, together = [], []
+    for r in range(2):
+        for cap in ((1, 8192) if r % 2 == 0 else (8192, 1)):
+            v.prefill_batch_tokens = cap
+            v.clear_cache(keep_instruction=True)
+            (apart if cap == 1 else together).append(timed_ms(v.prefill_batch, pool))
+    emit("prefill_batch_ms", statistics.median(together), prompts=len(pool),
+         one_at_a_time_ms=round(statistics.median(apart), 1),
+         speedup=round(statistics.median(apart) / statistics.median(together), 2))
+    v.clear_cache(keep_instruction=True)
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emit("peak_memory_mb", peak_mb, unit="MB")

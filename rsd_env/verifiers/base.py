@@ -190,6 +190,15 @@ class Verifier(ABC):
         self.stats.forward_passes += PREFILL_PASSES
         return np.asarray(self._first_token(task), dtype=np.float64)
 
+    def prefill_batch(self, tasks: Sequence[RankingTask]) -> None:
+        """Prefill several tasks' prompts ahead of use, together where the backend can (one padded pass).
+
+        A throughput hint, not a protocol step: it counts no LLM pass (each task's prefill pass is counted
+        when its scores are asked for) and changes no result beyond float rounding. The default does
+        nothing (backends without a prompt cache prefill on first use).
+        """
+        return None
+
     def single_token_ranking(self, task: RankingTask) -> np.ndarray:
         """Items sorted by first-token score (ties by presentation order)."""
         return np.argsort(-self.first_token_scores(task), kind="stable").astype(np.int64)

@@ -74,6 +74,9 @@ class HFVerifier(ReferencePaths, Verifier):
     peft adapter folder. ``target_cache``: True = ``cache_root()/targets``, a folder, or False.
     ``prompt_cache_mb`` caps the per-task prompt KV kept across calls (LRU over tasks);
     ``prefix_cache_mb`` caps each task's store of verified proposals used for prefix reuse.
+    ``prefill_batch_tokens`` caps the padded tokens of one batched prompt prefill (``prefill_batch``);
+    ``None`` = 8192 on an accelerator, 1 (one prompt per pass) on a CPU, where batching prompts of ~600
+    tokens measured no faster (``experiments.benchmarks.verifier_latency --prefill-batch``).
     """
 
     name = "hf"
@@ -88,12 +91,20 @@ class HFVerifier(ReferencePaths, Verifier):
         target_cache: str | Path | bool = True,
         prompt_cache_mb: int = 1024,
         prefix_cache_mb: int = 32,
+        prefill_batch_tokens: int | None = None,
     ) -> None:
         super().__init__()
         check_passage_tokens(passage_tokens)
+        if prefill_batch_tokens is not None and (isinstance(prefill_batch_tokens, bool) or not isinstance(
+                prefill_batch_tokens, int) or prefill_batch_tokens < 1):
+            raise ValueError(f"prefill_batch_tokens must be an integer >= 1 (padded tokens per batched prompt "
+                             f"prefill) or None (auto), got {prefill_batch_tokens!r}")
         self.model_name = str(model)
         self._passage_tokens = passage_tokens
         self.device = resolve_device(device)
+        if prefill_batch_tokens is None:  # auto: a CPU is already saturated by one ~600-token prompt
+            prefill_batch_tokens = 1 if self.device.type == "cpu" else 8192
+        self.prefill_batch_tokens = prefill_batch_tokens
         self.dtype = resolve_dtype(dtype, self.device)
         source = resolve_model(self.model_name)
         adapter_path = resolve_adapter(adapter, self.model_name, bundled_adapter_dir())
@@ -230,6 +241,37 @@ class HFVerifier(ReferencePaths, Verifier):
         state = TaskState(self._layout.snapshot(cache, len(head) + len(body)), hidden[0, -1:].clone())
         self._store.put(key, state)
         return state
+
+    @torch.inference_mode()
+    def prefill_batch(self, tasks: Sequence[RankingTask]) -> None:
+        """Prefill the uncached prompts of ``tasks`` in padded batches on their shared instruction KV.
+
+        Bodies of different lengths are right-padded: a causal model's real tokens never attend to the
+        padding after them, and each row's KV is copied out up to its own last real token. Prompts without
+        a shared instruction (nothing to batch on) are prefilled one by one. Batches hold at most
+        ``prefill_batch_tokens`` padded tokens (activation memory).
+        """
+        groups: dict[tuple[int, ...], dict[str, list[int]]] = {}
+        for task in tasks:
+            head, body, key = self.encode(task)
+            if self._store.get(key) is None:
+                if head:
+                    groups.setdefault(tuple(head), {})[key] = body
+                else:
+                    self._prompt_state(head, body, key)
+        for head, bodies in groups.items():
+            past = self._instruction_state(list(head))
+            todo = sorted(bodies.items(), key=lambda kv: len(kv[1]))  # similar lengths pad least
+            while todo:
+                size = 1
+                while size < len(todo) and (size + 1) * len(todo[size][1]) <= self.prefill_batch_tokens:
+                    size += 1
+                chunk, todo = todo[:size], todo[size:]
+                with self.timed("prefill", tokens=sum(len(body) for _, body in chunk)):
+                    hidden, cache = self._forward([Request(past, body) for _, body in chunk])
+                for row, (key, body) in enumerate(chunk):
+                    kv = self._layout.snapshot_row(cache, row, past.length, len(body))
+                    self._store.put(key, TaskState(kv, hidden[row, len(body) - 1 : len(body)].clone()))
 
     def clear_cache(self, keep_prompts: bool = False, keep_instruction: bool = False) -> None:
         """Drop in-memory targets and verified-proposal states, and prompt KV unless ``keep_prompts``.

@@ -177,6 +177,18 @@ class CacheLayout:
             values.append(lay.values[..., lay.values.shape[2] - s :, :].clone())
         return KV(keys, values, length)
 
+    def snapshot_row(self, cache: Any, row: int, past_length: int, fed: int) -> KV:
+        """Own copy of one batch row's KV from a cache ``build`` made on pasts of one common length
+        ``past_length``, after its first ``fed`` new tokens (right padding fed after them is left out)."""
+        keys, values = [], []
+        length = past_length + fed
+        for li, lay in enumerate(cache.layers):
+            end = self.window_len(li, past_length) + fed  # this row's last real slot in the layer's buffer
+            s = self.window_len(li, length)
+            keys.append(lay.buf_k[row : row + 1, :, end - s : end].clone())
+            values.append(lay.buf_v[row : row + 1, :, end - s : end].clone())
+        return KV(keys, values, length)
+
     def build(self, pasts: Sequence[KV], room: int) -> Any:
         """A cache holding the given states, left-padded to a common length, with ``room`` free slots.
 
