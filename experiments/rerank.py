@@ -127,19 +127,27 @@ class RunWriter:
 
 
 # ---- metrics --------------------------------------------------------------------------------------------
-def trec_metrics(runs: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
-    """Mean NDCG@10, MAP and Recall@100 with trec_eval's definitions over the full qrels; like trec_eval,
-    queries without judgements are left out (``queries`` says how many were scored)."""
+def trec_per_query(runs: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]]
+                   ) -> dict[str, dict[str, float]]:
+    """NDCG@10, MAP and Recall@100 of every judged query (trec_eval's definitions via pytrec_eval, full
+    qrels); queries without judgements are left out, as trec_eval does."""
     import pytrec_eval
 
     judged = {q: docs for q, docs in runs.items() if q in qrels}
     if not judged:
-        return {"queries": 0}
+        return {}
     scored = {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} for q, docs in judged.items()}
     evaluator = pytrec_eval.RelevanceEvaluator({q: dict(qrels[q]) for q in judged}, {"ndcg_cut.10", "map",
                                                                                        "recall.100"})
-    per_query = evaluator.evaluate(scored)
-    out = {name: sum(v[m] for v in per_query.values()) / len(per_query) for m, name in MEASURES.items()}
+    return {q: {name: v[m] for m, name in MEASURES.items()} for q, v in evaluator.evaluate(scored).items()}
+
+
+def trec_metrics(runs: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
+    """Means of ``trec_per_query``; ``queries`` says how many were scored."""
+    per_query = trec_per_query(runs, qrels)
+    if not per_query:
+        return {"queries": 0}
+    out = {name: sum(v[name] for v in per_query.values()) / len(per_query) for name in MEASURES.values()}
     out["queries"] = len(per_query)
     return out
 

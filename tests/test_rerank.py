@@ -302,3 +302,31 @@ def test_windows_honour_the_methods_stop_rules(dl19):
     results = rerank(queries[:2], eager, 3, verifier, top=30, batch=4)
     assert all(r.rounds == 2 for r in results)
     assert [r.docids for r in results] != [[h.docid for h in q.hits] for q in queries[:2]]
+
+
+def test_comparison_table_against_the_reference_run(tmp_path, capsys):
+    from experiments.paper import rerank_table
+
+    common = ["--dataset", "dl19", "--max-queries", "3", "--top", "30"]
+    ar = _run([*common, "--method", "ar"], tmp_path, "ar")
+    std = _run([*common, "--method", "std"], tmp_path, "std")
+    heuristic = _run([*common, "--method", "heuristic", "--budget", "1"], tmp_path, "heuristic")
+    assert rerank_table.main([str(std), str(heuristic), str(ar), "--reference", str(ar), "--top", "30",
+                              "--json", str(tmp_path / "table.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| BM25 (first stage) |" in printed and "| up-to-down heuristic, T = 1 |" in printed
+    table = json.loads((tmp_path / "table.json").read_text())
+    rows = {r["label"]: r for r in table["rows"]}
+    assert table["queries"] == 3 and list(rows)[0] == "BM25 (first stage)" and list(rows)[-1] == "AR windows"
+    assert rows["AR windows"]["tau_vs_reference"] == 1.0 and rows["AR windows"]["cpu_speedup"] == 1.0
+    assert rows["STD (FIRST) windows"]["llm_passes"] == 2 and rows["AR windows"]["llm_passes"] == 2 * 20
+    # τ over the top 30 the runs reranked, checked against scipy's Kendall τ on the written runs
+    from scipy.stats import kendalltau
+
+    ar_run, std_run = rerank_table.load_run(ar)[1], rerank_table.load_run(std)[1]
+    expected = np.mean([kendalltau(range(30), [ar_run[q].docids[:30].index(d) for d in std_run[q].docids[:30]])[0]
+                        for q in ar_run])
+    assert expected < 1.0 and rows["STD (FIRST) windows"]["tau_vs_reference"] == pytest.approx(expected)
+    other = _run(["--dataset", "dl20", "--max-queries", "2", "--top", "30", "--method", "std"], tmp_path, "dl20")
+    assert rerank_table.main([str(other), "--reference", str(ar)]) == 2
+    assert "different inputs" in capsys.readouterr().err

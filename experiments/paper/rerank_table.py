@@ -1,0 +1,152 @@
+"""The rsd-rerank comparison table: several runs over one input side by side, against a reference run.
+
+    python -m experiments.paper.rerank_table results/rerank/dl19/* --reference results/rerank/dl19/ar.T1
+
+Each argument is an ``rsd-rerank --output`` folder. Per run, over the queries every run completed: NDCG@10
+and MAP over the full qrels (with a 95 % CI for NDCG@10 and a paired Wilcoxon p against the reference),
+Kendall τ of its reranked top ``--top`` against the reference's (how close to AR's ranking it gets), LLM
+passes, CPU and wall seconds per query, and the reference's time ÷ the run's (the speedup). The first-stage
+run is the first row. Markdown to stdout; ``--json`` writes the numbers too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import report
+from experiments.paper.stats import mean_ci, paired_test
+from experiments.rerank import RerankResult, from_record, trec_per_query
+from rsd_env.data.trec import BUNDLED_TREC, load_bundled, read_qrels
+from rsd_env.metrics import kendall_tau
+
+LABELS = {"ar": "AR windows", "std": "STD (FIRST) windows", "sd": "SD", "heuristic": "up-to-down heuristic",
+          "stale-aware": "stale-aware decoder", "sd-decode": "SD + final decode", "shipped": "shipped agent"}
+
+
+def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, RerankResult]]:
+    """(the run's settings, its completed queries by qid) from an ``rsd-rerank --output`` folder."""
+    folder = Path(folder)
+    settings_path, jsonl = folder / "settings.json", folder / "rerank.jsonl"
+    if not settings_path.is_file() or not jsonl.is_file():
+        raise ValueError(f"{folder} is not an rsd-rerank output folder (no settings.json / rerank.jsonl)")
+    settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    results = {}
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            result = from_record(json.loads(line))
+            results[result.qid] = result
+    return settings, results
+
+
+def label(settings: dict[str, Any]) -> str:
+    method = settings["method"]
+    name = LABELS.get(method, method)
+    return name if method in ("ar", "std") else f"{name}, T = {settings['budget']}"
+
+
+def tau_top(a: Sequence[str], b: Sequence[str], top: int) -> float:
+    """Kendall τ between two orderings of the same ``top`` first documents."""
+    head = list(a[:top])
+    index = {d: k for k, d in enumerate(head)}
+    other = [d for d in b[:top] if d in index]
+    if len(other) != len(head):
+        raise ValueError(f"the two runs rerank different top-{top} documents; compare runs of the same input")
+    return kendall_tau(np.arange(len(head)), np.asarray([index[d] for d in other]))
+
+
+def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path: str | None = None,
+                top: int = 100) -> dict[str, Any]:
+    """Rows of the comparison table (dicts of numbers), reference last."""
+    ref_settings, ref = load_run(reference)
+    runs = [load_run(f) for f in folders if Path(f).resolve() != Path(reference).resolve()]
+    runs.append((ref_settings, ref))
+    inputs = {s["input"] for s, _ in runs}
+    if len(inputs) != 1:
+        raise ValueError(f"the runs rerank different inputs ({sorted(inputs)}); compare runs of one input")
+    name = inputs.pop()
+    if qrels_path:
+        qrels = read_qrels(qrels_path)
+        first_stage = None
+    elif name in BUNDLED_TREC:
+        requests, qrels = load_bundled(name)
+        first_stage = {q.qid: [h.docid for h in q.hits] for q in requests}
+    else:
+        raise ValueError(f"input {name!r} is not a bundled dataset: give --qrels")
+    qids = sorted(set.intersection(*(set(r) for _, r in runs)), key=lambda q: list(ref).index(q))
+    if not qids:
+        raise ValueError("the runs have no completed query in common")
+    ref_scores = trec_per_query({q: ref[q].docids for q in qids}, qrels)
+    judged = [q for q in qids if q in ref_scores]
+    rows = []
+    if first_stage is not None:
+        scores = trec_per_query({q: first_stage[q] for q in qids}, qrels)
+        rows.append({"label": "BM25 (first stage)", "ndcg10": mean_ci([scores[q]["NDCG@10"] for q in judged]),
+                     "map": float(np.mean([scores[q]["MAP"] for q in judged]))})
+    ref_cpu = np.mean([ref[q].cpu_ms for q in qids])
+    ref_wall = np.mean([ref[q].wall_ms for q in qids])
+    for settings, results in runs:
+        scores = trec_per_query({q: results[q].docids for q in qids}, qrels)
+        ndcg = [scores[q]["NDCG@10"] for q in judged]
+        cpu, wall = np.mean([results[q].cpu_ms for q in qids]), np.mean([results[q].wall_ms for q in qids])
+        rows.append({
+            "label": label(settings), "method": settings["method"], "budget": settings["budget"],
+            "ndcg10": mean_ci(ndcg), "map": float(np.mean([scores[q]["MAP"] for q in judged])),
+            "p_vs_reference": paired_test(ndcg, [ref_scores[q]["NDCG@10"] for q in judged]),
+            "tau_vs_reference": float(np.mean([tau_top(ref[q].docids, results[q].docids, top) for q in qids])),
+            "llm_passes": float(np.mean([results[q].llm_passes for q in qids])),
+            "cpu_s": cpu / 1000, "wall_s": wall / 1000,
+            "cpu_speedup": ref_cpu / cpu if cpu else None, "wall_speedup": ref_wall / wall if wall else None,
+        })
+    return {"input": name, "queries": len(qids), "judged": len(judged), "reference": label(ref_settings),
+            "top": top, "rows": rows}
+
+
+def markdown(table: dict[str, Any]) -> str:
+    ref = table["reference"]
+    out = [f"| {table['input']}, {table['queries']} queries | NDCG@10 (± 95 % CI) | p vs {ref} | MAP | "
+           f"τ vs {ref} (top {table['top']}) | LLM passes / query | CPU s / query | wall s / query | "
+           f"{ref} ÷ method: CPU / wall |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for row in table["rows"]:
+        ndcg = row["ndcg10"]
+        cells = [row["label"], f"{ndcg['mean']:.4f} ± {(ndcg['ci_high'] - ndcg['ci_low']) / 2:.3f}"]
+        if "tau_vs_reference" not in row:  # the first stage: no LLM
+            cells += ["", f"{row['map']:.4f}", "", "0", "–", "–", "–"]
+        else:
+            speed = f"{row['cpu_speedup']:.2f}× / {row['wall_speedup']:.2f}×" if row["cpu_speedup"] else "–"
+            cells += [f"{row['p_vs_reference']:.2g}" if row["label"] != ref else "", f"{row['map']:.4f}",
+                      f"{row['tau_vs_reference']:.3f}", f"{row['llm_passes']:.1f}", f"{row['cpu_s']:.1f}",
+                      f"{row['wall_s']:.1f}", speed]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="rsd-rerank output folders (one input)")
+    ap.add_argument("--reference", required=True, help="the run to compare with (AR windows)")
+    ap.add_argument("--qrels", help="TREC qrels (bundled datasets find their own)")
+    ap.add_argument("--top", type=int, default=100, help="depth of the τ comparison (default 100)")
+    ap.add_argument("--json", help="also write the numbers to this JSON file")
+    args = ap.parse_args(argv)
+    try:
+        table = build_table(args.runs, args.reference, args.qrels, args.top)
+    except (ValueError, OSError) as err:
+        print(f"rerank_table: error: {err}", file=sys.stderr)
+        return 2
+    print(markdown(table))
+    if args.json:
+        report.write_json(args.json, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
