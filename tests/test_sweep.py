@@ -18,7 +18,11 @@ def test_real_trial_runs_and_best_config_is_reported(tmp_path):
     best = sweep.optuna_sweep(1, tmp_path, seed=0, wandb_mode="disabled", overrides=TINY)
     assert best["complete_trials"] == 1 and best["params"]["timesteps"] == 20
     assert {"learning_rate", "group_size", "d_model", "n_layers", "budget", "warm_start"} <= set(best["params"])
-    assert "heuristic_kendall_tau" in best["scores"]
+    scores = best["scores"]
+    decoders = {k: v for k, v in scores.items() if k.endswith("_kendall_tau")}
+    assert {"heuristic_kendall_tau", "stale-aware_kendall_tau", "sd-decode_kendall_tau"} <= set(decoders)
+    assert scores[f"{scores['decoder_to_beat']}_kendall_tau"] == max(decoders.values())
+    assert best["objective"] == pytest.approx(scores["kendall_tau"] - max(decoders.values()))
 
 
 def test_resume_after_kill(tmp_path, monkeypatch):
