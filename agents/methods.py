@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.episode import Episode
 from agents.stopping import Deadline, StopRule, ValueHead, value_function
 from rsd_env.data import RankingTask
 from rsd_env.env import RSDRankEnv
@@ -98,22 +99,12 @@ class RankingMethod:
         self._prepare(env.verifier)
         before = env.verifier.stats.snapshot()
         start = time.perf_counter()
-        rules = [rule.begin(spent_ms) for rule in self.stop_rules]
-        obs, _ = env.reset(options={"task_id": task_id})
-        self.start(env, task)
-        terminated = False
-        while not terminated:
-            verifying = not env.in_commit_step
-            if verifying and (int(obs["round"][0]) >= self.rounds(env)
-                              or any(rule.should_stop(obs, env) for rule in rules)):
-                if not env.end_verification():
-                    break  # no commit step follows: the committed ranking is the output
-                obs, verifying = env.observation(), False
+        episode = Episode(self, env, task_id, spent_ms)
+        while episode.wants_round():
             round_start = time.perf_counter()
-            obs, _, terminated, _, _ = env.step(self.act(obs, env))
-            if verifying:
-                for rule in rules:
-                    rule.after_round(env, 1000.0 * (time.perf_counter() - round_start))
+            verification = env.verifier.verify(env.task, episode.propose())
+            episode.apply(verification, 1000.0 * (time.perf_counter() - round_start))
+        episode.finish()
         wall_ms = 1000.0 * (time.perf_counter() - start)
         cost = env.verifier.stats.since(before)
         info = env.episode_summary()

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from agents.episode import Episode
 from agents.methods import RankingMethod, make_method
-from agents.stopping import StopRule
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.data.trec import QueryHits
 from rsd_env.env import RSDRankEnv
@@ -172,18 +172,15 @@ class _Query:
 
 @dataclass
 class _Window:
-    """One window's episode: the env, its own copy of the method (methods keep per-task state), the
-    latest observation."""
+    """One window of a query: where it sits in the query's list, its task, and either its episode (with
+    its own copy of the method: methods keep per-task state) or, for a non-episodic method (AR), the
+    ranking the method's own ``rank`` gave."""
 
     query: _Query
     span: tuple[int, int]
-    env: RSDRankEnv
-    method: RankingMethod
-    obs: dict[str, np.ndarray] | None = None
-    rounds: int = 0
-    done: bool = False
-    ranking: np.ndarray | None = None  # set by a non-episodic method's own ``rank``
-    rules: list[StopRule] = field(default_factory=list)  # the method's stop rules, this window's copies
+    task: RankingTask
+    episode: Episode | None = None
+    ranking: np.ndarray | None = None
 
 
 class SlidingWindowReranker:
@@ -235,11 +232,11 @@ class SlidingWindowReranker:
                     active.extend(opened)
                     for query in finished:
                         self._done(query, results, on_result, bar)
-                self._round([w for w in active if self._wants_round(w)])
+                self._round([w for w in active if w.episode.wants_round()])
                 still: list[_Window] = []
                 moving: list[_Query] = []
                 for w in active:
-                    if not w.done and self._wants_round(w):
+                    if w.episode.wants_round():
                         still.append(w)
                     else:
                         self._close(w)  # window finished: its query moves on to its next window, or is done
@@ -299,59 +296,42 @@ class SlidingWindowReranker:
                           "budget": self.budget, "task_order": "cycle"})
         method = copy.copy(self.method)
         before = self.verifier.stats.snapshot()
-        window = _Window(query, span, env, method, rules=[rule.begin() for rule in method.stop_rules])
+        window = _Window(query, span, task)
         query.result.windows += 1
-        if not self._episodic:
-            window.ranking = method.rank(env, task.task_id).ranking
-            window.done = True
+        if self._episodic:
+            window.episode = Episode(method, env, task.task_id)
         else:
-            window.obs, _ = env.reset(options={"task_id": task.task_id})
-            method.start(env, task)
+            window.ranking = method.rank(env, task.task_id).ranking
         cost = self.verifier.stats.since(before)
         query.charge(cost.forward_passes, cost.tokens)
-        if window.done or not self._wants_round(window):
+        if window.episode is None or not window.episode.wants_round():
             self._close(window)
             return None
         return window
-
-    def _wants_round(self, w: _Window) -> bool:
-        return (not w.done and w.rounds < min(w.method.rounds(w.env), self.budget)
-                and not any(rule.should_stop(w.obs, w.env) for rule in w.rules))
 
     def _round(self, windows: Sequence[_Window]) -> None:
         """One verification round of every window in ``windows``, in one batched LLM call."""
         if not windows:
             return
-        proposals = [w.env.propose(w.method.act(w.obs, w.env)) for w in windows]
+        proposals = [w.episode.propose() for w in windows]
         before = self.verifier.stats.snapshot()
         round_start = time.perf_counter()
-        verdicts = self.verifier.verify_batch([(w.env.task, r) for w, r in zip(windows, proposals)])
+        verdicts = self.verifier.verify_batch([(w.task, r) for w, r in zip(windows, proposals)])
         round_ms = 1000.0 * (time.perf_counter() - round_start)  # every window waited for the whole batch
         cost = self.verifier.stats.since(before)
-        sizes = np.array([w.env.task.n for w in windows], dtype=np.float64)
+        sizes = np.array([w.task.n for w in windows], dtype=np.float64)
         for w, v, share in zip(windows, verdicts, sizes / sizes.sum()):
-            w.obs, _, terminated, _, _ = w.env.apply_verification(v)
-            for rule in w.rules:
-                rule.after_round(w.env, round_ms)
-            w.rounds += 1
-            w.done = w.done or bool(terminated)
+            w.episode.apply(v, round_ms)
             w.query.charge(1 if cost.forward_passes else 0, share * cost.tokens)
             w.query.result.rounds += 1
 
-    def _close(self, w: _Window) -> None:
-        """Commit the window's final ranking and write it back into its query's list.
-
-        The commit step (a decode of the last verified rows, no LLM pass) runs here, as in
-        ``RankingMethod.rank``: without it the last verification's rows would be thrown away.
-        """
-        env = w.env
-        if w.ranking is None and (env.in_commit_step or (not w.done and env.end_verification())):
-            w.obs, *_ = env.step(w.method.act(env.observation(), env))
+    @staticmethod
+    def _close(w: _Window) -> None:
+        """Commit the window's final ranking (``Episode.finish``: the free commit step, so the last
+        verification's rows are used) and write it back into its query's list."""
+        ranking = w.ranking if w.episode is None else w.episode.finish()
         start, end = w.span
-        task = w.env.tasks[0]
-        ranking = w.ranking if w.ranking is not None else w.env.committed_ranking()
-        w.query.hits[start:end] = [task.candidates[j] for j in ranking]
-        w.done = True
+        w.query.hits[start:end] = [w.task.candidates[j] for j in ranking]
 
     @staticmethod
     def _done(query: _Query, results: dict[str, RerankResult], on_result, bar) -> None:
