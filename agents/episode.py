@@ -57,7 +57,7 @@ class Episode:
         """End verifying, run the commit step (a free decode of the last verified rows) when the protocol
         has one, and return the final ranking."""
         env = self.env
-        if not self.done and (env.in_commit_step or env.end_verification()):
+        if not self.done and env.end_verification():  # True too when already in the commit step
             self.obs, *_ = env.step(self.method.act(env.observation(), env))
         self.done = True
         return env.committed_ranking()

@@ -170,6 +170,14 @@ class _Query:
         return r
 
 
+def _charge_shared(members: Sequence[tuple[_Query, RankingTask]], passes: int, tokens: int) -> None:
+    """Charge one LLM call shared by several windows to their queries: ``passes`` each, and the call's
+    tokens in proportion to the windows' sizes."""
+    sizes = np.array([task.n for _, task in members], dtype=np.float64)
+    for (query, _), share in zip(members, sizes / sizes.sum()):
+        query.charge(passes, share * tokens)
+
+
 @dataclass
 class _Window:
     """One window of a query: where it sits in the query's list, its task, and either its episode (with
@@ -276,9 +284,7 @@ class SlidingWindowReranker:
                 before = self.verifier.stats.snapshot()
                 self.verifier.prefill_batch([task for _, _, task in staged])
                 cost = self.verifier.stats.since(before)  # tokens only: passes are counted on reset
-                sizes = np.array([task.n for _, _, task in staged], dtype=np.float64)
-                for (query, _, _), share in zip(staged, sizes / sizes.sum()):
-                    query.charge(0, share * cost.tokens)
+                _charge_shared([(query, task) for query, _, task in staged], 0, cost.tokens)
             todo = []
             for query, span, task in staged:
                 window = self._start(query, span, task)
@@ -319,10 +325,9 @@ class SlidingWindowReranker:
         verdicts = self.verifier.verify_batch([(w.task, r) for w, r in zip(windows, proposals)])
         round_ms = 1000.0 * (time.perf_counter() - round_start)  # every window waited for the whole batch
         cost = self.verifier.stats.since(before)
-        sizes = np.array([w.task.n for w in windows], dtype=np.float64)
-        for w, v, share in zip(windows, verdicts, sizes / sizes.sum()):
+        _charge_shared([(w.query, w.task) for w in windows], 1 if cost.forward_passes else 0, cost.tokens)
+        for w, v in zip(windows, verdicts):
             w.episode.apply(v, round_ms)
-            w.query.charge(1 if cost.forward_passes else 0, share * cost.tokens)
             w.query.result.rounds += 1
 
     @staticmethod

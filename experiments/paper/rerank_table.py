@@ -79,10 +79,11 @@ def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path
         first_stage = {q.qid: [h.docid for h in q.hits] for q in requests}
     else:
         raise ValueError(f"input {name!r} is not a bundled dataset: give --qrels")
-    qids = sorted(set.intersection(*(set(r) for _, r in runs)), key=lambda q: list(ref).index(q))
+    qids = [q for q in ref if all(q in results for _, results in runs)]  # the reference's order
     if not qids:
         raise ValueError("the runs have no completed query in common")
-    ref_scores = trec_per_query({q: ref[q].docids for q in qids}, qrels)
+    per_run = [trec_per_query({q: results[q].docids for q in qids}, qrels) for _, results in runs]
+    ref_scores = per_run[-1]
     judged = [q for q in qids if q in ref_scores]
     rows = []
     if first_stage is not None:
@@ -91,8 +92,7 @@ def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path
                      "map": float(np.mean([scores[q]["MAP"] for q in judged]))})
     ref_cpu = np.mean([ref[q].cpu_ms for q in qids])
     ref_wall = np.mean([ref[q].wall_ms for q in qids])
-    for settings, results in runs:
-        scores = trec_per_query({q: results[q].docids for q in qids}, qrels)
+    for (settings, results), scores in zip(runs, per_run):
         ndcg = [scores[q]["NDCG@10"] for q in judged]
         cpu, wall = np.mean([results[q].cpu_ms for q in qids]), np.mean([results[q].wall_ms for q in qids])
         rows.append({
