@@ -30,13 +30,20 @@ def test_default_env_runs_the_bundled_llm_on_dl19_and_passes_check_env():
 
 
 def test_bundled_without_its_adapter_warns_and_runs_the_base_model(monkeypatch, tmp_path):
-    """A broken install (adapter files missing) must not silently change the target model."""
+    """A broken install (adapter files missing) must not silently change the target model: it warns, and what
+    runs is the raw base model (its scores equal an explicit adapter=None verifier's, not the adapted one's)."""
     from rsd_env import verifiers
+    from rsd_env.data import load_tasks
     from rsd_env.verifiers import hf
 
-    seen = {}
+    task = load_tasks("trec-dl", "test", n=5, max_tasks=1)[0]
+    options = {"passage_tokens": 16, "target_cache": False}
+    adapted = verifiers.make_verifier("bundled", **options).first_token_scores(task)
+    base = verifiers.make_verifier("bundled", adapter=None, **options).first_token_scores(task)
     monkeypatch.setattr(hf, "bundled_adapter_dir", lambda: tmp_path)
-    monkeypatch.setattr(hf, "HFVerifier", lambda **kwargs: seen.update(kwargs) or "verifier")
     with pytest.warns(UserWarning, match="adapter for the bundled model is missing from this install"):
-        assert verifiers._load("bundled", {"passage_tokens": 16}) == "verifier"
-    assert seen == {"passage_tokens": 16, "adapter": None}
+        broken = verifiers._load("bundled", dict(options))
+    assert isinstance(broken, HFVerifier) and broken.adapter is None
+    scores = broken.first_token_scores(task)
+    np.testing.assert_allclose(scores, base, atol=1e-4)
+    assert np.abs(scores - adapted).max() > 1e-2

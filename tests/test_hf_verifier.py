@@ -1,8 +1,10 @@
 """HFVerifier on the bundled Gemma 3 270M: exactness of the cached paths, SD/AR consistency, bad input.
 
-Small tasks (5 candidates, 16 passage tokens) keep it to about a minute on 2 CPU cores; the raw base model
-(adapter=None) is enough, since these properties hold for any model. Tolerance: 1e-4 on log-probs (the
-cached and fresh paths differ by float32 summation order, measured ~2e-5).
+Small tasks (5 candidates, 16 passage tokens) keep it to about a minute on 2 CPU cores. The verifier is the
+bundled model *with* its ranking adapter: the raw base model copies the presentation order, so its AR target
+is [0, 1, 2, ...] and a ``decode_target`` returning ``arange(n)`` would pass every AR/SD check (the tests
+assert the targets differ from it). Tolerance: 1e-4 on log-probs (the cached and fresh paths differ by
+float32 summation order, measured ~2e-5).
 """
 
 from __future__ import annotations
@@ -29,12 +31,23 @@ N = 5
 @pytest.fixture(scope="module")
 def verifier() -> hf.HFVerifier:
     """Loaded once per process: make_verifier shares instances with equal settings across test modules."""
+    return make_verifier("bundled", passage_tokens=16, target_cache=False)
+
+
+@pytest.fixture(scope="module")
+def base_verifier() -> hf.HFVerifier:
+    """The raw base model (no adapter), for the LoRA-merge test."""
     return make_verifier("bundled", adapter=None, passage_tokens=16, target_cache=False)
 
 
 @pytest.fixture(scope="module")
 def tasks() -> list[RankingTask]:
     return load_tasks("trec-dl", "test", n=N, max_tasks=2)
+
+
+def _not_presentation_order(target: np.ndarray) -> np.ndarray:
+    assert not np.array_equal(target, np.arange(len(target))), "the target must not be the order shown"
+    return target
 
 
 def test_cached_rows_equal_a_fresh_full_forward(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
@@ -82,7 +95,7 @@ def test_target_is_accepted_whole_and_left_to_right_sd_reproduces_it(
     verifier: hf.HFVerifier, tasks: list[RankingTask]
 ) -> None:
     for task in tasks:
-        target = verifier.target_ranking(task)
+        target = _not_presentation_order(verifier.target_ranking(task))
         verifier.clear_cache(keep_prompts=True)  # verify in one fresh pass, not from the AR pass's rows
         assert verifier.verify(task, target).accepted == N
         verifier.clear_cache(keep_prompts=True)
@@ -95,6 +108,70 @@ def test_target_is_accepted_whole_and_left_to_right_sd_reproduces_it(
                 locked += [j for j in range(N) if j not in locked]
                 break
         np.testing.assert_array_equal(np.asarray(locked), target)
+
+
+def test_verify_after_ar_reuses_the_ar_pass_exactly(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    """What every RSDRank-v0 episode does with a cold target cache: AR on the prompt, then verifications on
+    the KV and rows that AR pass stored. Rows must equal the uncached reference, and the reuse must be real."""
+    task = tasks[0]
+    verifier.clear_cache()  # nothing cached: not the prompt, not the instruction, no target
+    target = _not_presentation_order(verifier.decode_target(task))
+    before = verifier.stats.snapshot()
+    rows = verifier.verify(task, target).logprobs
+    spent = verifier.stats.since(before)
+    assert spent.tokens == 0 and not spent.calls.get("verify")  # all N rows came from the AR pass
+    np.testing.assert_allclose(rows, verifier.rows_without_cache(task, target), atol=ATOL)
+    shared = np.concatenate([target[:2], target[2:][::-1]])  # the AR ranking's first two items, then reversed
+    before = verifier.stats.snapshot()
+    rows = verifier.verify(task, shared).logprobs
+    assert verifier.stats.since(before).tokens == (N - 1) - 2  # fed on top of the AR pass's KV
+    np.testing.assert_allclose(rows, verifier.rows_without_cache(task, shared), atol=ATOL)
+
+
+def test_env_episode_verifies_on_the_ar_pass_exactly(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
+    """The same path through RSDRank: reset (AR target, cold) then a step's verification rows."""
+    import gymnasium as gym
+
+    from agents.methods import order_to_action
+
+    verifier.clear_cache()
+    env = gym.make("RSDRank-v0", config={"tasks": tasks, "verifier": verifier, "n": N, "budget": 2}).unwrapped
+    env.reset(options={"task_id": tasks[1].task_id})
+    target = _not_presentation_order(env.target(tasks[1]))
+    proposal = np.concatenate([target[:1], target[1:][::-1]])
+    obs, *_ = env.step(order_to_action(proposal, N))
+    rows = obs["verified"].reshape(env.config["max_budget"], N, N)[0]
+    np.testing.assert_allclose(rows, verifier.rows_without_cache(tasks[1], proposal), atol=ATOL)
+
+
+def test_rows_stay_exact_after_lru_eviction(
+    verifier: hf.HFVerifier, tasks: list[RankingTask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caps small enough to evict: a prompt pushed out of the LRU, and a verified proposal pushed out of its
+    prompt's prefix store, are recomputed (costing tokens again) to the same rows as the uncached reference."""
+    from rsd_env.verifiers.hf_kv import PromptStore
+
+    verifier.clear_cache(keep_instruction=True)
+    sizes = [verifier._task_state(task).nbytes for task in tasks]
+    cap = int(1.5 * max(sizes))
+    assert sum(sizes) > cap, "the two prompts must not fit together"
+    store = PromptStore(cap, 1)  # one prompt at a time; one verified proposal per prompt
+    store.instructions = verifier._store.instructions
+    monkeypatch.setattr(verifier, "_store", store)
+    first, second = np.array([4, 3, 2, 1, 0]), np.array([1, 0, 2, 3, 4])
+    fresh = {(i, tuple(r)): verifier.rows_without_cache(tasks[i], r) for i in (0, 1) for r in (first, second)}
+    for i in (0, 1, 0):  # the third prompt state was evicted by the second: prefilled again
+        before = verifier.stats.snapshot()
+        rows = verifier.verify(tasks[i], first).logprobs
+        spent = verifier.stats.since(before)
+        assert spent.calls.get("prefill") == 1 and len(store.tasks) == 1
+        np.testing.assert_allclose(rows, fresh[(i, tuple(first))], atol=ATOL)
+    state = store.get(verifier.encode(tasks[0])[2])
+    for ranking in (second, first):  # the 1-byte prefix cap keeps only the latest proposal
+        before = verifier.stats.snapshot()
+        rows = verifier.verify(tasks[0], ranking).logprobs
+        assert verifier.stats.since(before).tokens == N - 1 and len(state.prefixes) == 1
+        np.testing.assert_allclose(rows, fresh[(0, tuple(ranking))], atol=ATOL)
 
 
 def test_same_input_gives_the_same_output(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
@@ -259,7 +336,7 @@ def test_model_and_adapter_paths_fail_clearly(tmp_path: Path, monkeypatch: pytes
 
 
 def test_lora_adapter_is_merged_exactly(
-    verifier: hf.HFVerifier, tasks: list[RankingTask], tmp_path: Path
+    base_verifier: hf.HFVerifier, tasks: list[RankingTask], tmp_path: Path
 ) -> None:
     """A random LoRA saved in peft format: merged rows == the unmerged peft model's rows != base rows."""
     import torch
@@ -267,14 +344,15 @@ def test_lora_adapter_is_merged_exactly(
 
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(copy.deepcopy(verifier.model), config).eval()
+    peft_model = get_peft_model(copy.deepcopy(base_verifier.model), config).eval()
     peft_model.save_pretrained(tmp_path / "lora")
     task, ranking = tasks[0], np.array([1, 0, 2, 4, 3])
-    ids = prompts.identifier_token_ids(verifier.tokenizer, N)
-    reference = hf.full_forward_rows(peft_model, verifier.prompt_ids(task), ids, ranking)
+    ids = prompts.identifier_token_ids(base_verifier.tokenizer, N)
+    reference = hf.full_forward_rows(peft_model, base_verifier.prompt_ids(task), ids, ranking)
     del peft_model
     adapted = hf.HFVerifier(adapter=str(tmp_path / "lora"), passage_tokens=16, target_cache=False)
     rows = adapted.verify(task, ranking).logprobs
     np.testing.assert_allclose(rows, reference, atol=ATOL)
-    assert np.abs(rows - verifier.rows_without_cache(task, ranking)).max() > 1e-2  # the adapter did something
-    assert adapted.fingerprint() != verifier.fingerprint()
+    assert np.abs(rows - base_verifier.rows_without_cache(task, ranking)).max() > 1e-2  # the adapter did something
+    assert adapted.fingerprint() != base_verifier.fingerprint()
+

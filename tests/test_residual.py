@@ -68,13 +68,24 @@ def test_pl_sampling_around_the_decoder_mostly_keeps_neighbours():
     assert (displacement <= 1).float().mean() > 0.97  # and nearly always by one slot at most
 
 
-def test_warm_start_then_rl_train_the_residual_and_reload(tmp_path):
-    env = _env(2, count=6)
-    model = _model(env, warm_start_timesteps=60, learning_rate=3e-3, advantage="value")
+def test_warm_start_then_rl_with_the_value_advantage_improves_the_residual_and_reloads(tmp_path):
+    """The shipped configs' recipe: a warm start, then an RL stage with the ``value`` advantage. On a small
+    fixed task set the RL stage must raise the sampled trajectories' mean agreement (RPO's objective) over
+    the warm-started policy's (seed 0: 0.965 -> 0.980; seeds 0-4 gain 0.015-0.024, a repeat measurement
+    without training moves by < 0.005)."""
+    from test_rpo import _sampled_return
+
+    env = _env(1, count=6)
+    model = _model(env, warm_start_timesteps=60, learning_rate=3e-3, advantage="value", group_size=7,
+                   tasks_per_batch=4, n_epochs=4, batch_size=64)
     head = model.policy.score_head.linear
     assert not head.weight.any()
-    model.learn(120)
+    model.learn(60)  # the warm start
     assert head.weight.abs().sum() > 0  # the residual moved off zero
+    before = _sampled_return(model)
+    model.learn(480, reset_num_timesteps=False)  # the RL stage
+    after = _sampled_return(model)
+    assert after > before + 0.008, (before, after)
     path = agents.save_agent(model, tmp_path / "residual.zip")
     loaded = agents.load_agent(path, env=env)
     assert isinstance(loaded.policy, ResidualRankingPolicy) and loaded.policy.arch["decoder"] == "heuristic"

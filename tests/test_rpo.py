@@ -67,9 +67,11 @@ def _sampled_return(model, repeats=3):
     return float(np.mean([model.collect().final.reshape(-1, width)[:, 1:].mean() for _ in range(repeats)]))
 
 
-def test_short_learn_improves_the_return_on_a_tiny_task_set():
+@pytest.mark.parametrize("advantage", ["greedy", "value"])
+def test_short_learn_improves_the_return_on_a_tiny_task_set(advantage):
     env = _env(count=4, budget=1)
-    model = _model(env, learning_rate=3e-3, group_size=7, tasks_per_batch=4, n_epochs=4, batch_size=64)
+    model = _model(env, learning_rate=3e-3, group_size=7, tasks_per_batch=4, n_epochs=4, batch_size=64,
+                   advantage=advantage)
     before = _sampled_return(model)
     model.learn(480)
     after = _sampled_return(model)

@@ -45,7 +45,7 @@ def test_train_cli_writes_a_run_and_resume_continues_it(tmp_path):
     first = agents.load_agent(run / "model.zip")
     wandb_id = json.loads((run / "state.json").read_text())["wandb_id"]
 
-    main(_argv(tmp_path, *RPO_TINY, "total_timesteps=96", "eval_freq=24", "checkpoint_freq=24"))
+    assert main(_argv(tmp_path, *RPO_TINY, "total_timesteps=96", "eval_freq=24", "checkpoint_freq=24")) == 0
     resumed = agents.load_agent(run / "model.zip")
     assert first.num_timesteps >= 48 and resumed.num_timesteps >= 96
     assert resumed._n_updates > first._n_updates  # continued, not restarted
@@ -56,10 +56,14 @@ def test_train_cli_writes_a_run_and_resume_continues_it(tmp_path):
 
 
 def test_train_cli_runs_ppo_with_our_policy(tmp_path):
-    main(_argv(tmp_path, "algo=ppo", "n_envs=2", "algo_kwargs={n_steps: 16, batch_size: 16}",
-               "total_timesteps=32", "eval_freq=0", "checkpoint_freq=0"))
+    from agents.policy import ItemTransformerPolicy
+
+    assert main(_argv(tmp_path, "algo=ppo", "n_envs=2", "algo_kwargs={n_steps: 16, batch_size: 16}",
+                      "total_timesteps=32", "eval_freq=0", "checkpoint_freq=0")) == 0
     model = agents.load_agent(tmp_path / "r" / "model.zip")
-    assert type(model).__name__ == "PPO" and model.num_timesteps >= 32
+    assert type(model).__name__ == "PPO" and isinstance(model.policy, ItemTransformerPolicy)
+    assert model.num_timesteps == 32 and model._n_updates > 0  # two envs x 16 steps, then PPO's epochs
+    assert (tmp_path / "r" / "config.yaml").exists() and not list((tmp_path / "r").rglob("*.tmp"))
 
 
 def test_env_mix_pools_the_tasks_of_several_datasets():

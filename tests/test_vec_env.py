@@ -100,15 +100,30 @@ def test_episode_infos_follow_sb3_semantics():
         assert info["terminal_observation"]["round"][0] == 2
 
 
-def test_subproc_vec_env_runs_our_env():
-    venv = SubprocVecEnv([_make, _make], start_method="fork")
-    try:
-        venv.seed(0)
-        venv.reset()
-        _, rewards, _, _ = venv.step(np.zeros((2, 20), dtype=np.float32))
-        assert rewards.shape == (2,)
-    finally:
-        venv.close()
+def test_subproc_vec_env_runs_our_env_like_dummy_vec_env():
+    actions = np.random.default_rng(1).uniform(-1, 1, (3, 2, 20)).astype(np.float32)
+    runs = {}
+    for cls, kwargs in ((SubprocVecEnv, {"start_method": "fork"}), (DummyVecEnv, {})):
+        venv = cls([_make, _make], **kwargs)
+        try:
+            venv.seed(0)
+            obs = [venv.reset()]
+            steps = [venv.step(a) for a in actions]
+        finally:
+            venv.close()
+        runs[cls.__name__] = (obs + [s[0] for s in steps], np.array([s[1] for s in steps]),
+                              np.array([s[2] for s in steps]), [s[3] for s in steps])
+    (obs_a, rew_a, done_a, info_a), (obs_b, rew_b, done_b, info_b) = runs.values()
+    assert rew_a.shape == (3, 2) and np.abs(rew_a).sum() > 0
+    np.testing.assert_allclose(rew_a, rew_b, atol=1e-12)
+    np.testing.assert_array_equal(done_a, done_b)
+    assert done_a[-1].all() and not done_a[:-1].any()  # budget 2: two verifications, then the commit step
+    for a, b in zip(obs_a, obs_b):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for a, b in zip(info_a[-1], info_b[-1]):  # SB3's same-step reset keeps the episode's last observation
+        assert a["terminal_observation"]["round"][0] == 2 and a["kendall_tau"] == b["kendall_tau"]
+        np.testing.assert_array_equal(a["terminal_observation"]["committed"], b["terminal_observation"]["committed"])
 
 
 def test_bad_inputs_get_clear_errors():
