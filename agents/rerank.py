@@ -32,7 +32,7 @@ from rsd_env.verifiers.prompts import IDENTIFIERS
 
 __all__ = ["WindowSpec", "RerankResult", "SlidingWindowReranker", "rerank", "MAX_WINDOW"]
 
-MAX_WINDOW = len(IDENTIFIERS)  # a prompt labels candidates with single-token identifiers A..Z
+MAX_WINDOW = len(IDENTIFIERS)  # canonical identifiers A..Z, AA..ZZ; the verifier's tokenizer may allow fewer
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class WindowSpec:
         if self.window < 2:
             raise ValueError(f"window must hold at least 2 candidates to rank, got {self.window}")
         if self.window > MAX_WINDOW:
-            raise ValueError(f"window {self.window} is larger than the {MAX_WINDOW} single-token identifiers "
+            raise ValueError(f"window {self.window} is larger than the {MAX_WINDOW} identifiers "
                              f"({IDENTIFIERS[0]}..{IDENTIFIERS[-1]}) a prompt can label candidates with; "
                              f"use a window <= {MAX_WINDOW}")
         if self.stride > self.window:

@@ -208,6 +208,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20)")
     p.add_argument("--stride", type=int, default=10, help="step between windows (default 10)")
     p.add_argument("--passes", type=int, default=1, help="sliding-window passes over the list (default 1)")
+    p.add_argument("--full-list", action="store_true",
+                   help="rank the whole top-k in one prompt: one window of --top candidates (like --window "
+                        "<top> --stride <top>); the LLM's tokenizer must have that many single-token identifiers")
     p.add_argument("--verifier", default="bundled", help="bundled | simulated | hf:<model> | openai:<url>")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="verifier option (YAML value), repeatable: --verifier-arg passage_tokens=20")
@@ -222,7 +225,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Rerank as ``args`` say; returns the summary (also written to ``<output>/summary.json``)."""
-    spec = WindowSpec(args.top, args.window, args.stride, args.passes)  # bad window settings fail first
+    window, stride = (args.top, args.top) if args.full_list else (args.window, args.stride)
+    spec = WindowSpec(args.top, window, stride, args.passes)  # bad window settings fail first
     if args.max_queries is not None and args.max_queries < 1:
         raise ValueError(f"--max-queries must be >= 1, got {args.max_queries}")
     requests, qrels, name = load_requests(args)

@@ -40,7 +40,7 @@ def test_registration_is_idempotent():
 
 
 @pytest.mark.parametrize("env_id", ["RSDRankSim-v0", "RSDRank-v0"])
-@pytest.mark.parametrize("extra", [{}, {"budget": [1, 5]}, {"commit_step": False}])
+@pytest.mark.parametrize("extra", [{}, {"budget": [1, 5]}, {"commit_step": False}, {"n": 100}])
 def test_gymnasium_and_sb3_env_checkers_pass_without_warnings(recwarn, env_id, extra):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -152,12 +152,18 @@ def test_budget_per_episode_from_reset_options_or_a_range():
     assert make(budget=2, max_budget=8).observation_space["verified"].shape == (8 * 20 * 20,)
 
 
+def _actions(data, n: int, steps: int) -> list:
+    return data.draw(st.lists(st.lists(st.floats(-1, 1, width=32), min_size=n, max_size=n), min_size=steps,
+                              max_size=steps))
+
+
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), budget=st.integers(1, 5),
-       actions=st.lists(st.lists(st.floats(-1, 1, width=32), min_size=20, max_size=20), min_size=5, max_size=5))
-def test_properties_valid_permutation_and_locked_prefix_matches_target(seed, budget, actions):
-    env = make(budget=budget)
+@given(seed=st.integers(0, 10_000), budget=st.integers(1, 5), n=st.sampled_from([20, 100]), data=st.data())
+def test_properties_valid_permutation_and_locked_prefix_matches_target(seed, budget, n, data):
+    env = make(budget=budget, n=n)
+    actions = _actions(data, n, 5)
     env.reset(seed=seed)
+    assert env.task.n == n
     target = env.target(env.task)
     for action in actions:
         if not env.in_commit_step:
@@ -174,13 +180,15 @@ def test_properties_valid_permutation_and_locked_prefix_matches_target(seed, bud
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), budget=st.integers(1, 5), commit_step=st.booleans(),
-       actions=st.lists(st.lists(st.floats(-1, 1, width=32), min_size=20, max_size=20), min_size=6, max_size=6))
-def test_guarantee_each_round_locks_at_least_one_more_target_position(seed, budget, commit_step, actions):
+       n=st.sampled_from([20, 100]), data=st.data())
+def test_guarantee_each_round_locks_at_least_one_more_target_position(seed, budget, commit_step, n, data):
     """What locking guarantees (not "never worse than SD"): after t verifications the verified prefix has
     at least min(t, N) items, exactly the target's first ones; every later step, the commit included, keeps
     it, so the output's first min(T, N) positions equal the target's whatever the actions."""
-    env = make(budget=budget, commit_step=commit_step)
+    env = make(budget=budget, commit_step=commit_step, n=n)
     env.reset(seed=seed)
+    assert env.task.n == n
+    actions = _actions(data, n, 6)
     target = env.target(env.task)
     locked = 0
     for action in actions:

@@ -356,3 +356,24 @@ def test_lora_adapter_is_merged_exactly(
     assert np.abs(rows - base_verifier.rows_without_cache(task, ranking)).max() > 1e-2  # the adapter did something
     assert adapted.fingerprint() != base_verifier.fingerprint()
 
+
+def test_a_full_list_of_100_candidates(verifier: hf.HFVerifier) -> None:
+    """One prompt with DL19's BM25 top-100 (identifiers A..Z, then two-letter codes): single-token scores
+    for all 100, a 100-item permutation as the AR target (not the order shown), and verification rows equal
+    to a fresh full forward. Passages cut to 4 tokens keep the prompt near 1,300 tokens."""
+    task = load_tasks("dl19", "all", n=100, max_tasks=1)[0]
+    old = verifier.passage_tokens
+    try:
+        verifier.passage_tokens = 4
+        scores = verifier.first_token_scores(task)
+        assert scores.shape == (100,) and np.isfinite(scores).all()
+        assert np.exp(scores).sum() == pytest.approx(1.0, abs=1e-6)  # a distribution over the 100 identifiers
+        target = _not_presentation_order(verifier.decode_target(task))
+        assert sorted(target.tolist()) == list(range(100))
+        assert verifier.verify(task, target).accepted == 100
+        proposal = np.argsort(-scores, kind="stable")
+        verification = verifier.verify(task, proposal)
+        np.testing.assert_allclose(verification.logprobs, verifier.rows_without_cache(task, proposal), atol=ATOL)
+        assert 1 <= len(verification.verified_prefix) <= 100
+    finally:
+        verifier.passage_tokens = old

@@ -82,6 +82,16 @@ def test_ppo_and_a2c_update_our_policy():
         assert action.shape == (8,) and np.all(np.abs(action) <= 1.0)
 
 
+def test_sb3_ppo_updates_our_policy_on_100_items():
+    env = gym.make("RSDRankSim-v0", config={**SIM, "n": 100, "data": {"count": 4}})
+    model = agents.make("ppo", env, n_steps=8, batch_size=8, seed=0, policy_kwargs={"d_model": 16, "n_heads": 2})
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(8)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert action.shape == (100,) and np.all(np.abs(action) <= 1.0)
+
+
 def test_make_rejects_unknown_algorithms():
     env = gym.make("RSDRankSim-v0", config=SIM)
     with pytest.raises(ValueError, match="unknown algorithm"):

@@ -48,7 +48,7 @@ def test_window_spans(spec, depth, expected, alone):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"window": 30}, "larger than the 26 single-token identifiers"),
+    ({"window": 703}, "larger than the 702 identifiers"),
     ({"stride": 25}, "stride 25 > window 20"),
     ({"window": 1}, "at least 2"),
     ({"top": 0}, "top must be an integer >= 1"),
@@ -288,7 +288,7 @@ def test_bad_inputs_name_the_problem(dl19, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"query": "q", "hits": [\n')
     _expect_error(capsys, ["--input", str(tmp_path / "bad.jsonl"), *out], "line 1: malformed JSON")
     _expect_error(capsys, ["--input", str(tmp_path / "nothere.jsonl"), *out], "nothere.jsonl", "does not exist")
-    _expect_error(capsys, [*args, "--window", "30", *out], "larger than the 26 single-token identifiers")
+    _expect_error(capsys, [*args, "--window", "703", *out], "larger than the 702 identifiers")
     _expect_error(capsys, [*args, "--method", "nosuch", *out], "unknown method 'nosuch'")
     _expect_error(capsys, [*args, "--dataset", "dl19", *out], "exactly one input")
     _expect_error(capsys, ["--run", str(run), *out], "--collection")
@@ -339,3 +339,18 @@ def test_comparison_table_against_the_reference_run(tmp_path, capsys):
     other = _run(["--dataset", "dl20", "--max-queries", "2", "--top", "30", "--method", "std"], tmp_path, "dl20")
     assert rerank_table.main([str(other), "--reference", str(ar)]) == 2
     assert "different inputs" in capsys.readouterr().err
+
+
+def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl19, tmp_path):
+    queries, _ = dl19
+    out = _run(["--dataset", "dl19", "--max-queries", "3", "--full-list", "--method", "heuristic",
+                "--budget", "2"], tmp_path, "full")
+    results = {r.qid: r for r in read_rank_llm(out / "rerank.jsonl")}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["window"] == settings["top"] == 100
+    for q in queries[:3]:
+        docids = [c.docid for c in results[q.qid].hits]
+        assert sorted(docids) == sorted(h.docid for h in q.hits) and len(docids) == 100
+        assert docids != [h.docid for h in q.hits]  # reranked, not the first-stage order
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["windows_per_query"] == 1.0 and summary["llm_passes_per_query"] == 3.0  # prefill + T = 2

@@ -25,9 +25,9 @@ def _model(env, decoder="heuristic", **kwargs):
                        **kwargs)
 
 
-@pytest.mark.parametrize("budget", [1, 2, 3])
-def test_the_untrained_policy_is_the_heuristic_decoder(budget):
-    env = _env(budget).unwrapped
+@pytest.mark.parametrize("budget,n", [(1, 8), (2, 8), (3, 8), (2, 100)])
+def test_the_untrained_policy_is_the_heuristic_decoder(budget, n):
+    env = _env(budget, n=n, count=6 if n <= 20 else 3).unwrapped
     model = _model(env)
     assert isinstance(model.policy, ResidualRankingPolicy)
     ours = rank_tasks(AgentMethod(model), env)
@@ -169,3 +169,17 @@ def test_latest_round_only_ignores_older_rounds():
         assert not torch.equal(full.policy.score_items(batch), full.policy.score_items(changed))
     with pytest.raises(ValueError, match="history"):
         agents.make("rpo", env, policy="ResidualRankingPolicy", policy_kwargs={**TINY, "history": "first"})
+
+
+def test_rpo_trains_the_residual_at_100_items_and_ranks_with_it():
+    """Full lists: RPO's warm start and RL stage run on 100-item tasks, and the agent ranks them."""
+    env = _env(2, n=100, count=3)
+    model = _model(env, warm_start_timesteps=12, learning_rate=3e-3, group_size=2, tasks_per_batch=2)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(36)
+    assert model.num_timesteps >= 36
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    for result in rank_tasks(AgentMethod(model), env.unwrapped):
+        assert sorted(result.ranking.tolist()) == list(range(100)) and result.llm_passes == 3
+        rounds = result.info["rounds"]
+        np.testing.assert_array_equal(result.ranking[:rounds], result.info["target_ranking"][:rounds])

@@ -51,9 +51,10 @@ def test_make_vec_gives_one_vector_env_with_batched_spaces():
 
 
 @pytest.mark.parametrize("extra", [{}, {"reward": "kendall", "lock_verified_prefix": False, "task_order": "cycle"},
-                                   {"commit_step": False, "budget": [2, 5]}])
+                                   {"commit_step": False, "budget": [2, 5]}, {"n": 100, "data": {"count": 6}}])
 def test_same_episodes_as_k_single_envs_in_a_sync_vector_env(extra):
     config = {**SIM, **extra}
+    n = config.get("n", 20)
     k = 5
     venv = gym.make_vec("RSDRankSim-v0", num_envs=k, config=config)
     sync = SyncVectorEnv([lambda: gym.make("RSDRankSim-v0", config=config) for _ in range(k)],
@@ -62,7 +63,7 @@ def test_same_episodes_as_k_single_envs_in_a_sync_vector_env(extra):
     rng = np.random.default_rng(0)
     ended = 0
     for t in range(24):
-        actions = rng.uniform(-1, 1, (k, 20)).astype(np.float32)
+        actions = rng.uniform(-1, 1, (k, n)).astype(np.float32)
         got, want = venv.step(actions), sync.step(actions)
         _same(got, want, f"step {t}")  # obs, rewards, terminations, truncations, infos (with _masks)
         ended += got[2].sum()

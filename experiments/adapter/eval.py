@@ -70,9 +70,13 @@ def ndcg10(tasks: list[RankingTask], orders: list[list[int]]) -> float:
     return float(np.mean([v["ndcg_cut_10"] for v in res.values()]))
 
 
-def evaluate_adapter(ranker: Any, dl19: list[RankingTask], ml: list[RankingTask], seeds: tuple[int, int] = (1, 2),
+def evaluate_adapter(ranker: Any, dl19: list[RankingTask], ml: list[RankingTask], seeds: tuple[int, ...] = (1, 2),
              teacher: MiniLMTeacher | None = None) -> dict[str, Any]:
-    """All the adapter's acceptance metrics for one ranker (see the module docstring)."""
+    """All the adapter's acceptance metrics for one ranker (see the module docstring).
+
+    ``seeds``: the shuffled presentation orders shown beside BM25's; with one seed the cross-order tau is
+    BM25 order vs that shuffle. An empty ``ml`` skips the recommendation metrics.
+    """
     t0 = time.time()
     views = {"bm25": dl19, **{f"shuf{s}": [reorder(t, 7919 * s + k, f"#s{s}") for k, t in enumerate(dl19)]
                                for s in seeds}}
@@ -87,15 +91,20 @@ def evaluate_adapter(ranker: Any, dl19: list[RankingTask], ml: list[RankingTask]
                                                                     for _, r in runs[name]]))
     docs = {name: [[t.candidates[j].docid for j in r] for t, (_, r) in zip(views[name], runs[name])]
             for name in views}
-    a, b = (f"shuf{s}" for s in seeds)
-    res["dl19"]["tau_ar_two_orders_docid"] = float(np.mean([tau_with_order(x, y)
-                                                             for x, y in zip(docs[a], docs[b])]))
+    a = f"shuf{seeds[0]}"
+    if len(seeds) > 1:
+        b = f"shuf{seeds[1]}"
+        res["dl19"]["tau_ar_two_orders_docid"] = float(np.mean([tau_with_order(x, y)
+                                                                 for x, y in zip(docs[a], docs[b])]))
     res["dl19"]["tau_ar_bm25_vs_shuffled_docid"] = float(np.mean([tau_with_order(x, y)
                                                                    for x, y in zip(docs["bm25"], docs[a])]))
     res["dl19"]["ndcg10_bm25"] = ndcg10(dl19, [ident] * len(dl19))
     if teacher is not None:
         res["dl19"]["ndcg10_teacher"] = ndcg10(dl19, [teacher.order(t) for t in dl19])
     res["dl19"]["tau_std_ar"] = _mean_dicts([std_vs_ar(f, r) for name in views for f, r in runs[name]])
+    if not ml:
+        res["seconds"] = round(time.time() - t0, 1)
+        return res
     ml_runs = [ranker.rank(t) for t in ml]
     hits = [[t.candidates[j].docid for j in r].index(t.held_out) for t, (_, r) in zip(ml, ml_runs)]
     std_hits = [int(t.candidates[int(np.argmax(f))].docid == t.held_out) for t, (f, _) in zip(ml, ml_runs)]
@@ -132,18 +141,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--adapter", default=str(SHIPPED_ADAPTER), help="adapter folder, or 'none' for the base")
     p.add_argument("--device", default="cpu")
     p.add_argument("--passage-tokens", type=int, default=DEFAULT_PASSAGE_TOKENS)
+    p.add_argument("--n", type=int, default=20, help="DL19 candidates per prompt: BM25's top n (default 20; "
+                   "100 = the full-list ranker)")
+    p.add_argument("--seeds", default="1,2", help="seeds of the shuffled presentation orders (default 1,2)")
     p.add_argument("--dl19-queries", type=int, default=None, help="first K DL19 queries (default: all 43)")
-    p.add_argument("--ml-users", type=int, default=None, help="first K ML-100K hold-out users (default: all)")
+    p.add_argument("--ml-users", type=int, default=None, help="first K ML-100K hold-out users (default: all; "
+                   "0 skips ML-100K)")
     p.add_argument("--no-teacher", action="store_true", help="skip the MiniLM teacher baseline")
     p.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
     args = p.parse_args(argv)
     adapter = None if args.adapter.lower() == "none" else args.adapter
     ranker = Ranker(args.model, adapter, args.device, args.passage_tokens)
-    dl19 = load_tasks("dl19", "all", n=20, max_tasks=args.dl19_queries)
-    ml = load_tasks("ml-100k", split="test", n=20, history=10, seed=0, max_tasks=args.ml_users)
-    res = evaluate_adapter(ranker, dl19, ml, teacher=None if args.no_teacher else MiniLMTeacher())
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    dl19 = load_tasks("dl19", "all", n=args.n, max_tasks=args.dl19_queries)
+    ml = [] if args.ml_users == 0 else load_tasks("ml-100k", split="test", n=20, history=10, seed=0,
+                                                  max_tasks=args.ml_users)
+    res = evaluate_adapter(ranker, dl19, ml, seeds, teacher=None if args.no_teacher else MiniLMTeacher())
     res["config"] = {"adapter": adapter_label(adapter), "passage_tokens": args.passage_tokens, "device": args.device,
-                     "dl19_queries": len(dl19), "ml_users": len(ml)}
+                     "n": args.n, "seeds": list(seeds), "dl19_queries": len(dl19), "ml_users": len(ml)}
     text = json.dumps(res, indent=2)
     print(text)
     if args.out is not None:

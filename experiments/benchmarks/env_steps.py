@@ -2,6 +2,7 @@
 
     python -m experiments.benchmarks.env_steps                       # simulated verifier
     python -m experiments.benchmarks.env_steps --verifier bundled    # + the real LLM on DL19 (slow: prefills)
+    python -m experiments.benchmarks.env_steps --n 100               # full lists: 5 x 100 x 100 verified log-probs
 
 Figures, side by side in one run and on the same tasks: env steps/s (a step = one verification round
 or the commit step) for 1 env (``gym.make``); 8 envs stepped one by one (SB3 ``DummyVecEnv`` and
@@ -41,10 +42,11 @@ def emit(figure: str, **values) -> None:
     print(json.dumps({"figure": figure, **values, "peak_rss_mb": round(peak_rss_mb(), 1)}), flush=True)
 
 
-def make_bench_env(verifier: str, budget: int, max_tasks: int | None, verifier_kwargs: dict) -> RSDRankEnv:
+def make_bench_env(verifier: str, budget: int, max_tasks: int | None, verifier_kwargs: dict,
+                   n: int = 20) -> RSDRankEnv:
     dataset = {"dataset": "synthetic", "split": "train"} if verifier == "simulated" else \
         {"dataset": "dl19", "split": "all"}
-    return gym.make("RSDRank-v0", config={**dataset, "verifier": verifier, "budget": budget,
+    return gym.make("RSDRank-v0", config={**dataset, "verifier": verifier, "budget": budget, "n": n,
                                           "max_tasks": max_tasks, "verifier_kwargs": verifier_kwargs}).unwrapped
 
 
@@ -118,16 +120,17 @@ def bench_training(env: RSDRankEnv, seconds: float, seed: int) -> dict[str, floa
 
 
 def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed: int,
-        verifier_kwargs: dict, vector_envs: list[int]) -> None:
+        verifier_kwargs: dict, vector_envs: list[int], n: int = 20) -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from agents.vec_env import RSDVecEnv
 
-    env = make_bench_env(verifier, budget, max_tasks, verifier_kwargs if verifier != "simulated" else {})
+    env = make_bench_env(verifier, budget, max_tasks, verifier_kwargs if verifier != "simulated" else {}, n)
     env.reset(seed=seed)
     for task in env.tasks:  # targets and prompt prefills out of the timed loops
         env.target(task)
-    base = dict(verifier=env.verifier.fingerprint(), budget=budget, tasks=len(env.tasks))
+    base = dict(verifier=env.verifier.fingerprint(), budget=budget, tasks=len(env.tasks), n=env.n,
+                obs_floats=sum(int(np.prod(space.shape)) for space in env.observation_space.values()))
     rng = np.random.default_rng(seed)
     emit("env_steps_per_s", envs=1, batched=False, vec_env="gym_make", **bench_single(env, seconds, rng), **base)
     clones = [env] + [env.clone() for _ in range(7)]  # 8 envs sharing tasks, verifier and targets
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--verifier", nargs="+", default=["simulated"], help="simulated and/or bundled, hf:<m>")
     p.add_argument("--budget", type=int, default=3)
+    p.add_argument("--n", type=int, default=20, help="candidates per task (100: full lists)")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure")
     p.add_argument("--max-tasks", type=int, default=None, help="tasks to cycle through (real LLM: prefills)")
     p.add_argument("--seed", type=int, default=0)
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     for verifier in args.verifier:
         max_tasks = args.max_tasks if args.max_tasks or verifier == "simulated" else 8
         vector_envs = args.vector_envs or ([8, 64] if verifier == "simulated" else [8])
-        run(verifier, args.budget, args.seconds, max_tasks, args.seed, kwargs, vector_envs)
+        run(verifier, args.budget, args.seconds, max_tasks, args.seed, kwargs, vector_envs, args.n)
 
 
 if __name__ == "__main__":

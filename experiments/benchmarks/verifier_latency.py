@@ -2,6 +2,7 @@
 
     python -m experiments.benchmarks.verifier_latency            # ~5 min on 2 CPU cores
     python -m experiments.benchmarks.verifier_latency --quick    # ~1-2 min, fewer tasks and budgets
+    python -m experiments.benchmarks.verifier_latency --n 100 --quick   # the full top-100 in one prompt
 
 Figures (ms unless stated): prompt prefill, one AR decode step, full AR ranking, one verification pass
 (KV reused / no reuse / prefix reuse), 8 batched proposals vs 8 single calls, 8 prompts prefilled in
@@ -65,6 +66,8 @@ def fresh_proposals(rng: np.random.Generator, n: int, count: int, avoid_first: s
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~1-2 minutes: 2 tasks, 2 budgets")
+    ap.add_argument("--n", type=int, default=20, help="candidates per prompt: DL19's BM25 top n (default 20; "
+                    "100 = full list; the passage-budget table then runs only with --budgets)")
     ap.add_argument("--tasks", type=int, default=None, help="DL19 tasks to time (default 3, quick 2)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 6, quick 2)")
     ap.add_argument("--adapter", default="bundled", help="'bundled', 'none' or a peft folder")
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     n_tasks = args.tasks or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 6)
     prefill_k = args.prefill_batch or (4 if args.quick else 8)
-    budgets = args.budgets or ([32, 64] if args.quick else [32, 48, 64, 80, 128])
+    budgets = args.budgets if args.budgets is not None else (
+        [] if args.n != 20 else [32, 64] if args.quick else [32, 48, 64, 80, 128])
     adapter: str | None = None if args.adapter.lower() == "none" else args.adapter
     if adapter == "bundled" and not (bundled_adapter_dir() / "adapter_config.json").exists():
         emit("note", "bundled adapter not installed: benchmarking the raw base model", unit="")
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     v = HFVerifier(adapter=adapter, passage_tokens=DEFAULT_PASSAGE_TOKENS, target_cache=False)
     emit("model_load", (time.perf_counter() - start) * 1e3, device=str(v.device), dtype=str(v.dtype),
          adapter=v.adapter, fingerprint=v.fingerprint())
-    tasks = load_tasks("trec-dl", "test", n=20, max_tasks=n_tasks)
+    tasks = load_tasks("trec-dl", "test", n=args.n, max_tasks=n_tasks)
     n = tasks[0].n
     rng = np.random.default_rng(args.seed)
 
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     targets_list = [v.target_ranking(task) for task in tasks]
 
     # batched prompt prefill (Verifier.prefill_batch, rsd-rerank's new windows) vs one prompt per pass
-    pool = load_tasks("trec-dl", "test", n=20, max_tasks=prefill_k)
+    pool = load_tasks("trec-dl", "test", n=args.n, max_tasks=prefill_k)
     apart, together = [], []
     for r in range(2):
         for cap in ((1, 8192) if r % 2 == 0 else (8192, 1)):

@@ -2,13 +2,19 @@
 
 A prompt is ``instruction`` (shared by all tasks of a domain and N, so its KV cache is reused) +
 ``body`` (the task). The answer is the ranking as compact identifiers: " A B C ...", one token each.
+
+Identifiers: one scheme for every model. The canonical sequence is A..Z, then the two-letter codes
+AA, AB, ..., ZZ (702 in all); a task of N candidates uses the first N of them that are a *single token*
+(with the leading space, as in the answer) in the tokenizer in use, so single-token scores and one-pass
+verification work at any N the tokenizer allows. With the usual tokenizers (every letter is a token) N <= 26
+gives exactly A..Z; Gemma 3's tokenizer has 590 single-token two-letter codes, so it labels up to 616.
 """
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -16,7 +22,9 @@ import yaml
 
 from rsd_env.data.task import RankingTask
 
-IDENTIFIERS = string.ascii_uppercase  # up to 26 candidates
+LETTERS = string.ascii_uppercase
+# the canonical identifier sequence: A..Z, then AA..ZZ; each tokenizer uses those that are single tokens
+IDENTIFIERS: tuple[str, ...] = (*LETTERS, *(a + b for a in LETTERS for b in LETTERS))
 # tokens kept per passage: 20 keeps a 20-passage prompt near Gemma 3's 512-token sliding window (~640
 # tokens), so the ranking adapter could be trained on CPU and every prefill stays cheap (see the model card)
 DEFAULT_PASSAGE_TOKENS = 20
@@ -40,15 +48,51 @@ def load_template(domain: str) -> PromptTemplate:
     return PromptTemplate(domain, raw["instruction"], raw["body"], raw["candidate"])
 
 
-def identifiers(n: int) -> list[str]:
-    if not 1 <= n <= len(IDENTIFIERS):
-        raise ValueError(f"prompts support 1..{len(IDENTIFIERS)} candidates, got {n}")
-    return list(IDENTIFIERS[:n])
+def _check_n(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(IDENTIFIERS):
+        raise ValueError(f"prompts support 1..{len(IDENTIFIERS)} candidates, got {n!r}")
 
 
-def answer_tokens_text(n: int) -> list[str]:
-    """The text of each identifier as it appears in the answer (one token each): ' A', ' B', ..."""
-    return [" " + letter for letter in identifiers(n)]
+@lru_cache(maxsize=8)
+def _single_token_identifiers(tokenizer: Any) -> tuple[tuple[str, int], ...]:
+    """(identifier, token id) of every canonical identifier that is one token (' X' / ' XY') here."""
+    out, seen = [], set()
+    for ident in IDENTIFIERS:
+        ids = tokenizer(" " + ident, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and int(ids[0]) not in seen:
+            seen.add(int(ids[0]))
+            out.append((ident, int(ids[0])))
+    return tuple(out)
+
+
+def max_candidates(tokenizer: Any) -> int:
+    """The largest N a prompt can label with single-token identifiers of ``tokenizer``."""
+    return len(_single_token_identifiers(tokenizer))
+
+
+def _usable(tokenizer: Any, n: int) -> tuple[tuple[str, int], ...]:
+    _check_n(n)
+    usable = _single_token_identifiers(tokenizer)
+    if len(usable) < n:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"{n} candidates need {n} single-token identifiers, but this tokenizer ({name}) has only "
+            f"{len(usable)} (' A'..' Z', then ' AA'..' ZZ', where single tokens): it supports at most "
+            f"{len(usable)} candidates per prompt; rank fewer at a time (a smaller n, or rsd-rerank "
+            f"--window <= {len(usable)}) or use a model whose vocabulary has more"
+        )
+    return usable[:n]
+
+
+def identifiers(n: int, tokenizer: Any = None) -> list[str]:
+    """The N identifiers of a prompt: the first N canonical ones that are single tokens of ``tokenizer``.
+
+    Without a tokenizer (text for display; no model reads it) the first N canonical identifiers.
+    """
+    if tokenizer is None:
+        _check_n(n)
+        return list(IDENTIFIERS[:n])
+    return [ident for ident, _ in _usable(tokenizer, n)]
 
 
 def check_passage_tokens(value: int | None) -> None:
@@ -71,7 +115,7 @@ def truncate(text: str, tokenizer: Any, max_tokens: int | None) -> str:
 def render(task: RankingTask, tokenizer: Any = None, passage_tokens: int | None = None) -> tuple[str, str]:
     """(instruction, body) text for a task; passages are cut to ``passage_tokens`` tokens."""
     template = load_template(task.domain)
-    ids = identifiers(task.n)
+    ids = identifiers(task.n, tokenizer)
     fmt = {"n": task.n, "first": ids[0], "last": ids[-1]}
     cut = (lambda t: truncate(t, tokenizer, passage_tokens)) if tokenizer is not None else (lambda t: t)
     candidates = "\n".join(
@@ -94,14 +138,6 @@ def encode(
 
 
 def identifier_token_ids(tokenizer: Any, n: int) -> list[int]:
-    """Token id of each answer identifier; a clear error if one is not a single token."""
-    out = []
-    for text in answer_tokens_text(n):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(
-                f"identifier {text!r} is {len(ids)} tokens in this tokenizer ({ids}); the verifier needs "
-                "single-token identifiers - use a model whose vocabulary has ' A'..' Z' as tokens"
-            )
-        out.append(int(ids[0]))
-    return out
+    """Token id of each of the N answer identifiers; a clear error naming the largest N this tokenizer
+    supports when it has fewer single-token identifiers than N."""
+    return [token for _, token in _usable(tokenizer, n)]
