@@ -38,6 +38,15 @@ def write_beir(folder: Path, docs: int = 40) -> dict[str, dict[str, int]]:
     return test
 
 
+def ranked_lists(run: Path) -> dict[str, list[str]]:
+    """Each query's docids in a TREC run file's line order (the fixtures write them best first)."""
+    out: dict[str, list[str]] = {}
+    for line in run.read_text().splitlines():
+        qid, _, docid, *_ = line.split()
+        out.setdefault(qid, []).append(docid)
+    return out
+
+
 @pytest.fixture()
 def beir(tmp_path):
     folder = tmp_path / "quora"
@@ -47,10 +56,7 @@ def beir(tmp_path):
 def test_beir_with_a_run_gives_the_runs_top_n_with_the_folders_texts(beir):
     folder, qrels = beir
     tasks = load_tasks("beir", "test", n=10, path=folder, run=folder / "run.trec")
-    run = {}
-    for line in (folder / "run.trec").read_text().splitlines():
-        qid, _, docid, *_ = line.split()
-        run.setdefault(qid, []).append(docid)
+    run = ranked_lists(folder / "run.trec")
     assert [t.task_id for t in tasks] == ["q1", "q2", "q3"]  # the run's query ids, as for trec-run
     for t in tasks:
         assert list(t.docids) == run[t.task_id][:10] and t.query == f"query {t.task_id[1:]}"
@@ -158,12 +164,7 @@ def test_rsd_rerank_reads_a_beir_folder_and_its_qrels(beir, tmp_path, capsys):
     assert rerank_cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "first_stage NDCG@10" in printed and "(3 judged queries, full qrels)" in printed
-    reranked = {}
-    for line in (out / "run.trec").read_text().splitlines():
-        reranked.setdefault(line.split()[0], []).append(line.split()[2])
-    first = {}
-    for line in (folder / "run.trec").read_text().splitlines():
-        first.setdefault(line.split()[0], []).append(line.split()[2])
+    reranked, first = ranked_lists(out / "run.trec"), ranked_lists(folder / "run.trec")
     assert sorted(reranked) == ["q1", "q2", "q3"]
     assert all(sorted(reranked[q]) == sorted(first[q]) and reranked[q][20:] == first[q][20:] for q in first)
     assert rerank_cli.main([*argv[:2], "--verifier", "simulated", "--output", str(tmp_path / "o2")]) == 2
