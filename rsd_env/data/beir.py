@@ -160,8 +160,7 @@ def judged_plus_random_tasks(data: BeirFolder, n: int, seed: int) -> list[Rankin
                              f"{len(judged)} judged documents to n={n} with unjudged ones; lower n")
         draws = rng.choice(len(docids), size=n - len(kept) + len(judged) + 1, replace=False)  # + the query's id
         padding = [docids[k] for k in draws if docids[k] not in judged and docids[k] != qid][: n - len(kept)]
-        items = [kept[k] if k < len(kept) else padding[k - len(kept)] for k in range(n)]
-        items = [items[k] for k in rng.permutation(n)]
+        items = [(kept + padding)[k] for k in rng.permutation(n)]
         tasks.append(RankingTask(task_id=f"{qid}@judged+random{seed}", domain="ir",
                                  candidates=tuple(Candidate(d, data.corpus[d]) for d in items),
                                  query=data.queries[qid], qrels=judged))
