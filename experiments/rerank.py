@@ -3,6 +3,7 @@
     rsd-rerank --run run.trec --collection collection.tsv --queries queries.tsv --qrels qrels.txt
     rsd-rerank --input requests.jsonl --method sd --budget 1        # rank_llm JSON / JSONL requests
     rsd-rerank --dataset dl19 --method ar --max-queries 10          # the bundled BM25 top-100 + qrels
+    rsd-rerank --beir data/quora --run quora-bm25.trec               # a run over a BEIR folder (+ its qrels)
 
 Writes ``<output>/run.trec`` and ``<output>/rerank.jsonl`` (rank_llm results: query + reranked candidates,
 plus each query's cost) after every completed query (atomic writes), and ``summary.json`` at the end.
@@ -24,6 +25,7 @@ from typing import Any
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
 from experiments.paper.evaluate import trained_n
+from rsd_env.data.beir import beir_run
 from rsd_env.data.task import Candidate
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
 from rsd_env.settings import parse_assignments
@@ -39,9 +41,15 @@ def load_requests(args: argparse.Namespace) -> tuple[list[QueryHits], dict[str, 
     sources = [s for s in (args.dataset, args.input, args.run) if s]
     if len(sources) != 1:
         raise ValueError("give exactly one input: --dataset dl19|dl20, --input <rank_llm JSON/JSONL>, or "
-                         "--run <TREC run> with --collection and --queries")
+                         "--run <TREC run> with --collection and --queries, or with --beir <BEIR folder>")
     qrels = None
-    if args.dataset:
+    if args.beir:  # the reader load_tasks("beir", run=...) uses; rsd-rerank takes the run's whole lists
+        if not args.run or args.collection or args.queries:
+            raise ValueError("--beir <folder> takes the texts from the folder: give --run <TREC run over its "
+                             "corpus>, without --collection / --queries")
+        requests, qrels = beir_run(args.beir, args.run, args.split)
+        name = f"{Path(args.run).resolve()} on {Path(args.beir).resolve()} ({args.split})"
+    elif args.dataset:
         if args.dataset not in BUNDLED_TREC:
             raise ValueError(f"unknown bundled dataset {args.dataset!r}; choose one of {sorted(BUNDLED_TREC)}")
         requests, qrels = load_bundled(args.dataset)
@@ -199,6 +207,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     src.add_argument("--queries", help="qid<TAB>query TSV")
     src.add_argument("--input", help="rank_llm JSON or JSONL requests (retrieve results)")
     src.add_argument("--dataset", help=f"bundled BM25 top-100 with qrels: {' | '.join(sorted(BUNDLED_TREC))}")
+    src.add_argument("--beir", metavar="FOLDER", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/): texts "
+                     "and qrels for --run")
+    src.add_argument("--split", default="test", help="with --beir: the qrels/<split>.tsv to use (default test)")
     p.add_argument("--qrels", help="TREC qrels: print NDCG@10 / MAP / R@100 over the full qrels")
     p.add_argument("--method", default=DEFAULT_METHOD,
                    help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint> or "

@@ -14,7 +14,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 TEMP_SUFFIX = ".tmp"
 
@@ -76,9 +79,9 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     return removed
 
 
-def read_text(path: str | Path, what: str = "file", encoding: str = "utf-8") -> str:
+def read_text(path: str | Path | Traversable, what: str = "file", encoding: str = "utf-8") -> str:
     """A text file's contents; a missing or undecodable file is a ``ValueError`` that names it and the fix."""
-    path = Path(path)
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path  # or a file inside a wheel (zipfile.Path)
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:

