@@ -24,15 +24,17 @@ from tqdm.auto import tqdm
 
 from agents.episode import Episode
 from agents.methods import RankingMethod, make_method
+from rsd_env.config import DEFAULT_CONFIG
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.data.trec import QueryHits
 from rsd_env.env import RSDRankEnv
 from rsd_env.verifiers import Verifier, make_verifier
 from rsd_env.verifiers.prompts import IDENTIFIERS
 
-__all__ = ["WindowSpec", "RerankResult", "SlidingWindowReranker", "rerank", "MAX_WINDOW"]
+__all__ = ["WindowSpec", "RerankResult", "SlidingWindowReranker", "rerank", "MAX_WINDOW", "MAX_BUDGET"]
 
 MAX_WINDOW = len(IDENTIFIERS)  # canonical identifiers A..Z, AA..ZZ; the verifier's tokenizer may allow fewer
+MAX_BUDGET = DEFAULT_CONFIG["max_budget"]  # a window's env keeps the default observation size
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,9 @@ class SlidingWindowReranker:
                  spec: WindowSpec | None = None, budget: int = 2, batch: int = 16) -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be an integer >= 1 (verification rounds per window), got {budget!r}")
+        if budget > MAX_BUDGET:
+            raise ValueError(f"budget {budget} is more verification rounds than a window's episode holds (its "
+                             f"observation has {MAX_BUDGET}); use a budget of 1..{MAX_BUDGET}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an integer >= 1 (queries in flight), got {batch!r}")
         self.method = make_method(method) if isinstance(method, str) else method

@@ -413,10 +413,13 @@ def _read_state(run: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(read_text(path, "run state"))
+        state = json.loads(read_text(path, "run state"))
     except ValueError:
+        state = None
+    if not isinstance(state, dict):  # garbage bytes, or valid JSON of another shape (42, null, a list)
         _say(f"{path} is unreadable; the resumed run gets a new wandb run")
         return {}
+    return state
 
 
 def _resume(config: TrainConfig, run: Path, train_env) -> tuple[Any, Path | None]:

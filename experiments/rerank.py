@@ -7,7 +7,8 @@
 
 Writes ``<output>/run.trec`` and ``<output>/rerank.jsonl`` (rank_llm results: query + reranked candidates,
 plus each query's cost) after every completed query (atomic writes), and ``summary.json`` at the end.
-Rerunning the same command resumes: completed queries are kept and skipped. With qrels it prints
+Rerunning the same command resumes: completed queries whose input is unchanged are kept and skipped
+(``experiments.rerank_output``); a second rsd-rerank into the same --output is refused. With qrels it prints
 NDCG@10, MAP and Recall@100 over the full qrels (trec_eval's definitions, via pytrec_eval) for the
 reranked run and for the first-stage run it started from.
 """
@@ -15,7 +16,6 @@ reranked run and for the first-stage run it started from.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -25,14 +25,17 @@ from typing import Any
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
 from experiments.paper.evaluate import trained_n
+from experiments.rerank_output import RerankOutput, input_digest
 from rsd_env.data.beir import beir_run
-from rsd_env.data.task import Candidate
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
 from rsd_env.settings import parse_assignments
 
 DEFAULT_METHOD = "shipped"  # the agent shipped in agents/pretrained (trained against the bundled LLM)
 MEASURES = {"ndcg_cut_10": "NDCG@10", "map": "MAP", "recall_100": "R@100"}
-SETTINGS = ("input", "method", "budget", "top", "window", "stride", "passes", "verifier")
+
+
+class Interrupted(Exception):
+    """Ctrl-C during the reranking; the message says what is saved."""
 
 
 # ---- input --------------------------------------------------------------------------------------------
@@ -75,63 +78,6 @@ def load_requests(args: argparse.Namespace) -> tuple[list[QueryHits], dict[str, 
     if args.qrels:
         qrels = read_qrels(args.qrels)
     return requests, qrels, name
-
-
-# ---- output -------------------------------------------------------------------------------------------
-def to_record(result: RerankResult) -> dict[str, Any]:
-    """A rank_llm Result (``query`` + ``candidates``) with this query's cost under ``rsd``."""
-    n = len(result.hits)
-    return {"query": {"text": result.query, "qid": result.qid},
-            "candidates": [{"docid": c.docid, "score": float(n - i), "doc": {"contents": c.text}}
-                           for i, c in enumerate(result.hits)],
-            "rsd": {"llm_passes": result.llm_passes, "tokens": result.tokens, "wall_ms": round(result.wall_ms, 3),
-                    "cpu_ms": round(result.cpu_ms, 3), "windows": result.windows, "rounds": result.rounds}}
-
-
-def from_record(obj: dict[str, Any]) -> RerankResult:
-    cost = obj.get("rsd", {})
-    hits = tuple(Candidate(str(c["docid"]), c["doc"]["contents"], c.get("score")) for c in obj["candidates"])
-    return RerankResult(str(obj["query"]["qid"]), obj["query"]["text"], hits, int(cost.get("llm_passes", 0)),
-                        int(cost.get("tokens", 0)), float(cost.get("wall_ms", 0.0)),
-                        float(cost.get("cpu_ms", 0.0)), int(cost.get("windows", 0)), int(cost.get("rounds", 0)))
-
-
-class RunWriter:
-    """Keeps ``run.trec`` and ``rerank.jsonl`` equal to the queries completed so far, rewritten atomically
-    after each one, so an interrupted run leaves complete queries only and can resume."""
-
-    def __init__(self, folder: Path, settings: dict[str, Any], order: Sequence[str], tag: str,
-                 fresh: bool = False) -> None:
-        self.folder = report.ensure_writable(folder)
-        self.jsonl, self.trec, self.meta = folder / "rerank.jsonl", folder / "run.trec", folder / "settings.json"
-        self.order = {q: k for k, q in enumerate(order)}
-        self.tag = tag
-        self.done: dict[str, RerankResult] = {}
-        if not fresh and self.jsonl.exists():
-            old = json.loads(self.meta.read_text(encoding="utf-8")) if self.meta.exists() else {}
-            changed = {k: (old.get(k), settings[k]) for k in SETTINGS if old.get(k) != settings[k]}
-            if changed:
-                raise ValueError(f"{folder} holds a run with other settings ({changed}, as (old, new)); "
-                                 "pass --fresh to overwrite it or choose another --output")
-            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    result = from_record(json.loads(line))
-                    if result.qid in self.order:
-                        self.done[result.qid] = result
-        report.write_json(self.meta, settings)
-        self._flush()
-
-    def add(self, result: RerankResult) -> None:
-        self.done[result.qid] = result
-        self._flush()
-
-    def results(self) -> list[RerankResult]:
-        return sorted(self.done.values(), key=lambda r: self.order[r.qid])
-
-    def _flush(self) -> None:
-        results = self.results()
-        report.write_text(self.jsonl, "".join(json.dumps(to_record(r)) + "\n" for r in results))
-        report.write_trec_run(self.trec, {r.qid: r.docids for r in results}, self.tag)
 
 
 # ---- metrics --------------------------------------------------------------------------------------------
@@ -235,7 +181,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Rerank as ``args`` say; returns the summary (also written to ``<output>/summary.json``)."""
+    """Rerank as ``args`` say; returns the summary (also written to ``<output>/summary.json``).
+
+    Everything that can be checked (inputs, method, verifier, budget, windows) is checked before the output
+    folder is locked and touched, so a bad command leaves it as it was."""
     window, stride = (args.top, args.top) if args.full_list else (args.window, args.stride)
     spec = WindowSpec(args.top, window, stride, args.passes)  # bad window settings fail first
     if args.max_queries is not None and args.max_queries < 1:
@@ -254,17 +203,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "window": spec.window, "stride": spec.stride, "passes": spec.passes,
                 "verifier": verifier.fingerprint(), "max_queries": args.max_queries, "batch": args.batch}
     tag = args.tag or f"rsd-{args.method.replace(' ', '_')}-T{args.budget}"
+    labels = qrels if qrels is not None and verifier.reads_labels else {}  # a simulated LLM reads the qrels
+    inputs = {q.qid: input_digest(q, labels.get(q.qid)) for q in requests}
     # completed queries stay in the output even when a rerun asks for fewer (--max-queries)
-    writer = RunWriter(Path(args.output), settings, [q.qid for q in requests], tag, fresh=args.fresh)
-    todo = [q for q in requests[: args.max_queries] if q.qid not in writer.done]
-    if writer.done:
-        print(f"resuming: {len(writer.done)} queries already in {writer.jsonl}, {len(todo)} to go", file=sys.stderr)
-    start = time.perf_counter()
-    reranker.rerank(todo, qrels=qrels, on_result=writer.add, progress=not args.no_progress)
-    seconds = time.perf_counter() - start
-    summary = summarise(writer.results(), requests, qrels, seconds, len(todo))
-    summary["settings"] = settings
-    report.write_json(Path(args.output) / "summary.json", summary)
+    output = RerankOutput(Path(args.output), settings, inputs, tag, fresh=args.fresh)
+    try:
+        with output:
+            todo = output.todo(requests[: args.max_queries])
+            if output.done:
+                print(f"resuming: {len(output.done)} queries already in {output.jsonl}, {len(todo)} to go",
+                      file=sys.stderr)
+            start = time.perf_counter()
+            reranker.rerank(todo, qrels=qrels, on_result=output.add, progress=not args.no_progress)
+            seconds = time.perf_counter() - start
+            summary = summarise(output.results(), requests, qrels, seconds, len(todo))
+            summary["settings"] = settings
+            report.write_json(output.summary, summary)
+    except KeyboardInterrupt:  # every write is atomic: what was saved is complete
+        raise Interrupted(f"interrupted; the {len(output.done)} completed queries are saved in {output.folder}: "
+                          "rerun the same command to resume") from None
     return summary
 
 
@@ -273,9 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (ValueError, OSError) as err:  # bad inputs, settings, paths: the message says what to fix
+    except (ValueError, OSError) as err:  # bad inputs, settings, paths, a busy folder: the message says what to fix
         print(f"rsd-rerank: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"rsd-rerank: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"rsd-rerank: interrupted before any query was reranked; {args.output} is as it was",
+              file=sys.stderr)
+        return 130
     print(format_summary(summary, f"{args.method} T={args.budget}"))
     print(f"wrote {args.output}/run.trec, rerank.jsonl, summary.json")
     return 0

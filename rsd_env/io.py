@@ -80,7 +80,8 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 
 
 def read_text(path: str | Path | Traversable, what: str = "file", encoding: str = "utf-8") -> str:
-    """A text file's contents; a missing or undecodable file is a ``ValueError`` that names it and the fix."""
+    """A text file's contents (a UTF-8 byte-order mark dropped); a missing or undecodable file is a
+    ``ValueError`` that names it and the fix."""
     path = Path(path) if isinstance(path, (str, os.PathLike)) else path  # or a file inside a wheel (zipfile.Path)
     try:
         data = path.read_bytes()
@@ -89,11 +90,13 @@ def read_text(path: str | Path | Traversable, what: str = "file", encoding: str 
     except IsADirectoryError as err:
         raise ValueError(f"{what} {path} is a folder; give the file inside it") from err
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise ValueError(f"{what} {path} line {line} (byte {err.start}) is not valid {encoding.upper()} "
                          f"({err.reason}); save the file as {encoding.upper()}") from err
+    # editors on Windows start UTF-8 files with a byte-order mark; left in, it glues onto the first id
+    return text.removeprefix("\ufeff") if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else text
 
 
 class FolderBusy(OSError):

@@ -9,6 +9,7 @@ import logging
 import re
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,6 +21,7 @@ from agents.train import main as train_main
 from experiments.paper.evaluate import main as eval_main
 from rsd_env.data import load_tasks
 from rsd_env.data.task import Candidate, RankingTask
+from rsd_env.data.trec import load_bundled, read_rank_llm, read_trec_run
 from rsd_env.verifiers.server import OpenAIVerifier, ServerError
 
 SIM = {"dataset": "synthetic", "verifier": "simulated", "n": 8, "data": {"count": 4}}
@@ -89,6 +91,79 @@ def test_non_utf8_input_names_the_file_and_line(tmp_path, broken, line):
 def test_broken_trec_runs_name_file_and_line(tmp_path, run, match):
     with pytest.raises(ValueError, match=match):
         load_tasks("trec-run", "all", n=2, **_trec_files(tmp_path, run))
+
+
+def _order(tmp_path: Path, run: bytes) -> list[str]:
+    files = _trec_files(tmp_path, run, b"".join(b"%s\tpassage %s\n" % (d, d) for d in (b"a", b"b", b"c", b"d")))
+    return [h.docid for h in read_trec_run(files["path"], files["collection"], files["queries"])[0].hits]
+
+
+@pytest.mark.parametrize("run,order", [
+    (b"q1 Q0 a 0 1.5 t\nq1 Q0 d 0 9.0 t\nq1 Q0 b 0 3.0 t\nq1 Q0 c 0 2.0 t\n", "dbca"),  # rank 0 everywhere
+    (b"q1 Q0 a 2 7 t\nq1 Q0 d 1 7 t\nq1 Q0 b 3 7 t\nq1 Q0 c 4 1 t\n", "dabc"),  # tied scores: rank column
+    (b"q1 Q0 a 0 7 t\nq1 Q0 d 0 7 t\nq1 Q0 b 0 7 t\nq1 Q0 c 0 9 t\n", "cdba"),  # both tied: trec_eval's docid order
+])
+def test_a_run_is_ordered_as_trec_eval_orders_it(tmp_path, run, order):
+    assert "".join(_order(tmp_path, run)) == order
+
+
+def test_bm25s_first_passage_stays_first_with_a_constant_rank_column(tmp_path):
+    query = load_bundled("dl19")[0][0]
+    lines = [f"{query.qid} Q0 {h.docid} 0 {100 - i} bm25" for i, h in enumerate(query.hits)]
+    files = _trec_files(tmp_path, ("\n".join(sorted(lines)) + "\n").encode(),  # lines in docid order
+                        "".join(f"{h.docid}\t{h.text}\n" for h in query.hits).encode(),
+                        f"{query.qid}\t{query.query}\n".encode())
+    hits = read_trec_run(files["path"], files["collection"], files["queries"])[0].hits
+    assert [h.docid for h in hits] == [h.docid for h in query.hits]
+
+
+def test_ranks_that_contradict_scores_are_refused_naming_both_lines(tmp_path):
+    with pytest.raises(ValueError, match=r"query 'q1': line 2 \(rank 3, score 4\) and line 1 \(rank 1, score 3\) "
+                                         r"rank the two hits against their scores.*fix the rank or the score"):
+        _order(tmp_path, b"q1 Q0 a 1 3 t\nq1 Q0 b 3 4 t\nq1 Q0 c 2 5 t\n")
+
+
+def test_a_docid_with_two_texts_is_refused_with_both_lines(tmp_path):
+    files = _trec_files(tmp_path, RUN, b"a\tpassage a\nb\tpassage b\na\tpassage a\nb\tanother b\n")
+    with pytest.raises(ValueError, match=r"collection lines 2 and 4: id 'b' has two different texts; keep one"):
+        load_tasks("trec-run", "all", n=2, **files)
+    files["collection"].write_bytes(b"a\tpassage a\nb\tpassage b\na\tpassage a\n")  # identical repeats pass
+    assert len(load_tasks("trec-run", "all", n=2, **files)) == 1
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    files = _trec_files(tmp_path, bom + RUN, bom + b"a\tpassage a\nb\tpassage b\n", bom + b"q1\tquery one\n")
+    (task,) = load_tasks("trec-run", "all", n=2, **files)
+    assert task.query == "query one" and [c.docid for c in task.candidates] == ["a", "b"]
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(bom + json.dumps(_hits("q1", "a", "b")).encode() + b"\n")
+    assert [h.docid for h in read_rank_llm(path)[0].hits] == ["a", "b"]
+
+
+def test_an_empty_query_is_refused_with_its_id_and_line(tmp_path):
+    files = _trec_files(tmp_path, RUN, queries=b"q0\tquery zero\nq1\t  \n")
+    with pytest.raises(ValueError, match=r"queries line 2: query 'q1' has an empty text"):
+        load_tasks("trec-run", "all", n=2, **files)
+    path = _rank_llm(tmp_path / "run.jsonl", [_hits("q1", "a", "b"), {**_hits("q2", "a", "b"), "query": ""}])
+    with pytest.raises(ValueError, match=r"run.jsonl line 2: query 'q2' has an empty text"):
+        read_rank_llm(path)
+
+
+def test_an_oversized_prompt_with_whole_passages_is_warned_about():
+    from transformers import AutoTokenizer
+
+    from rsd_env.verifiers import prompts
+    from rsd_env.verifiers.model_store import bundled_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    huge = Candidate("big", "lorem ipsum dolor " * 4000)  # ~12k tokens
+    task = RankingTask("t", "ir", (Candidate("a", "short passage"), huge), query="q")
+    with pytest.warns(RuntimeWarning, match=r"task 't': a prompt of \d+ tokens.*docid 'big'.*set passage_tokens"):
+        prompts.encode(task, tokenizer, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prompts.encode(task, tokenizer, 20)  # cut passages: no warning
 
 
 # ---- env -----------------------------------------------------------------------------------------

@@ -120,6 +120,16 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, capsys)
     assert not list(checkpoints.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("state", ["42", "null", "[1, 2]", "\x00\x01garbage"])
+def test_a_state_file_of_the_wrong_shape_gets_a_new_wandb_run(tmp_path, capsys, state):
+    assert main(_argv(tmp_path, "total_timesteps=48")) == 0
+    (tmp_path / "r" / "state.json").write_text(state)
+    capsys.readouterr()
+    assert main(_argv(tmp_path, "total_timesteps=72")) == 0
+    assert "state.json is unreadable; the resumed run gets a new wandb run" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "state.json").read_text())["wandb_id"]
+
+
 def test_best_score_survives_a_resume(tmp_path, monkeypatch):
     _kill_after_checkpoints(monkeypatch, 2)
     with pytest.raises(Killed):
@@ -268,3 +278,12 @@ def test_concurrent_eval_into_one_folder_is_refused(tmp_path, capsys):
     assert code == 2
     assert "rsd-eval: error: another rsd-eval is writing to" in capsys.readouterr().err
     assert not (out / "results.json").exists()
+
+
+def test_no_plots_is_not_reported_as_plots_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert eval_main(["--verifier", "simulated", "--datasets", "synthetic", "--methods", "std", "--budgets", "1",
+                      "--max-tasks", "2", "--no-plots", "--no-progress", "--output", str(out)]) == 0
+    wrote = capsys.readouterr().out.splitlines()[-1].replace(str(out), "<out>")
+    assert wrote.startswith("wrote <out>/results.json, results.csv, table.md, runs/ (") and "plots" not in wrote
+    assert not list(out.glob("*.png"))

@@ -11,6 +11,7 @@ import pytest
 
 import experiments.rerank as cli
 from agents.rerank import SlidingWindowReranker, WindowSpec, rerank
+from experiments.rerank_output import RerankOutput
 from rsd_env.data.task import RankingTask
 from rsd_env.data.trec import QueryHits, load_bundled, read_rank_llm, read_trec_run
 from rsd_env.metrics import ndcg_at_k
@@ -232,20 +233,20 @@ def test_resume_after_interruption_gives_the_same_output(dl19, tmp_path, monkeyp
     queries, _ = dl19
     args = _trec_inputs(tmp_path, queries)
     full = _run(args, tmp_path, "full", "--batch", "2")
-    add = cli.RunWriter.add
+    add = RerankOutput.add
 
     def add_then_stop(self, result):
         add(self, result)
         if len(self.done) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.RunWriter, "add", add_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        _run(args, tmp_path, "part", "--batch", "2")
+    monkeypatch.setattr(RerankOutput, "add", add_then_stop)
+    assert cli.main([*args, "--verifier", "simulated", "--output", str(tmp_path / "part"), "--no-progress",
+                     "--batch", "2"]) == 130  # Ctrl-C
     part = tmp_path / "part"
     assert len(read_rank_llm(part / "rerank.jsonl")) == 3  # complete queries only
     assert len({line.split()[0] for line in (part / "run.trec").read_text().splitlines()}) == 3
-    monkeypatch.setattr(cli.RunWriter, "add", add)
+    monkeypatch.setattr(RerankOutput, "add", add)
     _run(args, tmp_path, "part", "--batch", "2")
     assert (part / "run.trec").read_text() == (full / "run.trec").read_text()
     assert json.loads((part / "summary.json").read_text())["queries_this_session"] == 3

@@ -123,6 +123,7 @@ class _Stub(BaseHTTPRequestHandler):
             "no-logprobs": (200, json.dumps({"choices": [{"text": "A"}]}).encode()),
             "short": (200, json.dumps({"choices": [{"prompt_logprobs": [None, {"1": {"logprob": -1}}]}]}).encode()),
             "busy": (503, b"overloaded"),
+            "failing": (500, b'{"error": "CUDA out of memory"}'),
             "bad-request": (400, b'{"error": "max_logprobs exceeded"}'),
         }[self.mode]
         self.send_response(code)
@@ -148,7 +149,9 @@ def stub() -> Iterator[str]:
         ("not-json", ValueError, "malformed JSON", 1),
         ("no-logprobs", ValueError, "malformed prompt log-probs", 1),
         ("short", ValueError, "malformed prompt log-probs", 1),
-        ("busy", ServerError, "unreachable after 3 attempts.*HTTP 503", 3),
+        ("busy", ServerError, "answered HTTP 503 to POST /v1/completions on all 3 attempts: overloaded", 3),
+        ("failing", ServerError, r"^(?!.*unreachable).*answered HTTP 500 to POST /v1/completions on all 3 "
+                                 r"attempts: \{\"error\": \"CUDA out of memory\"\}; see the server's log", 3),
         ("bad-request", ServerError, "HTTP 400.*max_logprobs", 1),
     ],
 )

@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rsd-eval: error: {err}", file=sys.stderr)
         return 2
     print(report.markdown_tables(results["cells"], cfg.datasets, [c for c in _labels(results)]))
-    print(f"wrote {cfg.output}/results.json, results.csv, table.md, runs/ and plots "
+    print(f"wrote {cfg.output}/results.json, results.csv, table.md, runs/{' and plots' if cfg.plots else ''} "
           f"({results['seconds']:.0f} s)")
     return 0
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from experiments import report
 from experiments.paper.stats import mean_ci, paired_test
-from experiments.rerank import RerankResult, from_record, trec_per_query
+from experiments.rerank import RerankResult, trec_per_query
+from experiments.rerank_output import read_records
 from rsd_env.data.trec import BUNDLED_TREC, load_bundled, read_qrels
 from rsd_env.metrics import kendall_tau
 
@@ -37,12 +38,7 @@ def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, RerankResult
     if not settings_path.is_file() or not jsonl.is_file():
         raise ValueError(f"{folder} is not an rsd-rerank output folder (no settings.json / rerank.jsonl)")
     settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    results = {}
-    for line in jsonl.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            result = from_record(json.loads(line))
-            results[result.qid] = result
-    return settings, results
+    return settings, {result.qid: result for result, _ in read_records(jsonl)}
 
 
 def label(settings: dict[str, Any]) -> str:

@@ -80,6 +80,9 @@ def _parse_record(obj: dict, where: str) -> QueryHits:
         raise ValueError(f"{where}: not a rank_llm record ({err!r}); expected {_RECORD_SHAPES}") from err
     if qid == "None":
         raise ValueError(f"{where}: record has no 'qid'; add one to the record or to its hits")
+    if not query.strip():
+        raise ValueError(f"{where}: query {qid!r} has an empty text; give the query its text (the LLM ranks "
+                         "passages for it)")
     seen: dict[str, int] = {}
     for k, h in enumerate(hits):
         if h.docid in seen:
@@ -146,15 +149,21 @@ def read_qrels(path: str | Path, known_qids: set[str] | None = None) -> dict[str
 
 
 def read_trec_run(run_path: str | Path, collection_tsv: str | Path, queries_tsv: str | Path) -> list[QueryHits]:
-    """A TREC run file (``qid Q0 docid rank score tag``) + ``docid<TAB>text`` + ``qid<TAB>query``."""
-    return run_hits(run_path, _read_tsv(collection_tsv, "collection"), _read_tsv(queries_tsv, "queries"),
-                    collection_tsv, queries_tsv)
+    """A TREC run file (``qid Q0 docid rank score tag``) + ``docid<TAB>text`` + ``qid<TAB>query``.
+
+    Each query's hits are ordered as trec_eval orders them, by score (ties by the rank column, then by
+    trec_eval's descending docid); a run whose rank column contradicts its scores is refused.
+    """
+    queries = _read_tsv(queries_tsv, "queries")
+    collection = _read_tsv(collection_tsv, "collection")
+    return run_hits(run_path, collection, queries, collection_tsv, queries_tsv)
 
 
 def run_hits(run_path: str | Path, collection: Mapping[str, str], queries: Mapping[str, str],
              collection_tsv: str | Path, queries_tsv: str | Path) -> list[QueryHits]:
-    """The run's hits with the texts of ``collection`` and ``queries`` (read from the two named files)."""
-    ranked: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
+    """The run's hits with the texts of ``collection`` and ``queries`` (read from the two named files),
+    ordered as ``read_trec_run`` says."""
+    ranked: dict[str, list[_RunLine]] = defaultdict(list)
     line_of: dict[tuple[str, str], int] = {}
     for lineno, line in enumerate(read_text(run_path, "TREC run").splitlines(), 1):
         parts = line.split()
@@ -164,7 +173,7 @@ def run_hits(run_path: str | Path, collection: Mapping[str, str], queries: Mappi
             raise ValueError(f"{run_path} line {lineno}: expected 'qid Q0 docid rank score tag', got {line!r}")
         qid, _, docid, rank, score, _ = parts
         try:
-            row = (int(rank), docid, float(score))
+            row = _RunLine(float(score), int(rank), docid, lineno)
         except ValueError:
             field_, value = ("rank", rank) if not _is_int(rank) else ("score", score)
             raise ValueError(f"{run_path} line {lineno}: {field_} {value!r} is not a number; expected "
@@ -180,23 +189,56 @@ def run_hits(run_path: str | Path, collection: Mapping[str, str], queries: Mappi
     for qid, rows in ranked.items():
         if qid not in queries:
             raise ValueError(f"{run_path}: query {qid!r} is missing from {queries_tsv}")
-        missing = [d for _, d, _ in rows if d not in collection]
+        missing = [r.docid for r in rows if r.docid not in collection]
         if missing:
             raise ValueError(f"{run_path}: {len(missing)} docids of query {qid} are missing from "
                              f"{collection_tsv} (e.g. {missing[:3]})")
-        hits = tuple(Candidate(d, collection[d], s) for _, d, s in sorted(rows))
+        hits = tuple(Candidate(r.docid, collection[r.docid], r.score) for r in _trec_eval_order(rows, run_path, qid))
         out.append(QueryHits(qid, queries[qid], hits))
     return out
 
 
+@dataclass(frozen=True)
+class _RunLine:
+    score: float
+    rank: int
+    docid: str
+    lineno: int
+
+
+def _trec_eval_order(rows: list[_RunLine], run_path: str | Path, qid: str) -> list[_RunLine]:
+    """``rows`` best first as trec_eval ranks them: by score, descending; equal scores by the rank column,
+    then by docid descending (trec_eval's own tie-break). Tools that write one rank (0) for every line are
+    thereby read right; a rank column that orders two hits against their scores is an error."""
+    by_docid = sorted(rows, key=lambda r: r.docid, reverse=True)
+    ordered = sorted(by_docid, key=lambda r: (-r.score, r.rank))  # stable: keeps the docid order within ties
+    worst = ordered[0]  # the line with the largest rank so far
+    for row in ordered[1:]:
+        if row.rank < worst.rank:
+            raise ValueError(
+                f"{run_path}: query {qid!r}: line {worst.lineno} (rank {worst.rank}, score {worst.score:g}) and "
+                f"line {row.lineno} (rank {row.rank}, score {row.score:g}) rank the two hits against their "
+                "scores; trec_eval orders by score, so fix the rank or the score column to agree")
+        worst = row if row.rank > worst.rank else worst
+    return ordered
+
+
 def _read_tsv(path: str | Path, what: str) -> dict[str, str]:
-    out = {}
+    """``id<TAB>text`` lines; an id repeated with another text, or an empty query, is an error."""
+    out: dict[str, str] = {}
+    line_of: dict[str, int] = {}
     for lineno, line in enumerate(read_text(path, f"{what} TSV").splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition("\t")
         if not sep:
             raise ValueError(f"{path} line {lineno}: {what} TSV needs 'id<TAB>text', got {line[:80]!r}")
+        if what == "queries" and not value.strip():
+            raise ValueError(f"{path} line {lineno}: query {key!r} has an empty text; give the query its text")
+        if key in out and out[key] != value:
+            raise ValueError(f"{path} lines {line_of[key]} and {lineno}: id {key!r} has two different texts; "
+                             "keep one (which text is right cannot be guessed)")
+        line_of.setdefault(key, lineno)
         out[key] = value
     return out
 

@@ -171,6 +171,8 @@ class Verifier(ABC):
     """
 
     name: str = "verifier"
+    # whether answers depend on the tasks' relevance labels (a simulator does; a real LLM never sees them)
+    reads_labels: bool = False
 
     def __init__(self) -> None:
         self.stats = VerifierStats()

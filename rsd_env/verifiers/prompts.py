@@ -13,6 +13,7 @@ gives exactly A..Z; Gemma 3's tokenizer has 590 single-token two-letter codes, s
 from __future__ import annotations
 
 import string
+import warnings
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
@@ -28,6 +29,8 @@ IDENTIFIERS: tuple[str, ...] = (*LETTERS, *(a + b for a in LETTERS for b in LETT
 # tokens kept per passage: 20 keeps a 20-passage prompt near Gemma 3's 512-token sliding window (~640
 # tokens), so the ranking adapter could be trained on CPU and every prefill stays cheap (see the model card)
 DEFAULT_PASSAGE_TOKENS = 20
+# a prompt longer than this, with passages kept whole, is most likely an oversized passage: warned about
+LONG_PROMPT_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,13 @@ def encode(
     instruction, body = render(task, tokenizer, passage_tokens)
     head = tokenizer(instruction, add_special_tokens=True)["input_ids"]
     tail = tokenizer(body, add_special_tokens=False)["input_ids"]
+    if passage_tokens is None and len(head) + len(tail) > LONG_PROMPT_TOKENS:
+        longest = max(task.candidates, key=lambda c: len(c.text))
+        warnings.warn(f"task {task.task_id!r}: a prompt of {len(head) + len(tail)} tokens, because passage_tokens="
+                      f"None keeps passages whole (the longest, docid {longest.docid!r}, has "
+                      f"{len(longest.text)} characters); each verification re-reads it, so set passage_tokens "
+                      f"(e.g. {DEFAULT_PASSAGE_TOKENS}, the bundled adapter's) to cut passages",
+                      RuntimeWarning, stacklevel=2)
     return list(head), list(tail)
 
 

@@ -51,6 +51,14 @@ class ServerError(ConnectionError):
     """The server is unreachable or answered with an error after all retries."""
 
 
+class _Answered(Exception):
+    """An HTTP error status worth a retry (5xx, 429, 408): the server is reachable."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"HTTP {code}: {detail}")
+        self.code, self.detail = code, detail
+
+
 class OpenAIVerifier(Verifier):
     """Verifier backed by ``POST {base_url}/v1/completions`` with prompt log-probs.
 
@@ -132,7 +140,7 @@ class OpenAIVerifier(Verifier):
                 detail = err.read()[:500].decode("utf-8", "replace")
                 if err.code not in _RETRY_HTTP:
                     raise ServerError(f"{method} {url} failed with HTTP {err.code}: {detail}") from err
-                last = ServerError(f"HTTP {err.code}: {detail}")
+                last = _Answered(err.code, detail)
                 continue
             except (urllib.error.URLError, OSError) as err:  # refused, reset, DNS, timeout
                 last = err
@@ -144,6 +152,12 @@ class OpenAIVerifier(Verifier):
                     f"{method} {url} returned malformed JSON ({err.msg}): {body[:200]!r}; is base_url an "
                     "OpenAI-compatible server?"
                 ) from err
+        if isinstance(last, _Answered):  # the server is up but failing: what it said is the lead
+            raise ServerError(
+                f"verifier server {self.base_url} answered HTTP {last.code} to {method} {path} on all "
+                f"{self.retries + 1} attempts: {last.detail or '(empty body)'}; see the server's log (the request "
+                "reached it, so base_url and timeout are not the problem)"
+            ) from last
         raise ServerError(
             f"verifier server {self.base_url} unreachable after {self.retries + 1} attempts of {self.timeout:g} s "
             f"({_reason(last)}); start it (e.g. `vllm serve <model> --enable-prefix-caching` or "

@@ -64,6 +64,7 @@ class SimulatedVerifier(Verifier):
     """Prefix-dependent next-item distributions from seeded latent item features."""
 
     name = "simulated"
+    reads_labels = True  # quality follows the task's relevance labels
 
     def __init__(self, profile: str = DEFAULT_PROFILE, **overrides: Any) -> None:
         super().__init__()
