@@ -355,3 +355,8 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
         assert docids != [h.docid for h in q.hits]  # reranked, not the first-stage order
     summary = json.loads((out / "summary.json").read_text())
     assert summary["windows_per_query"] == 1.0 and summary["llm_passes_per_query"] == 3.0  # prefill + T = 2
+    from experiments.paper.rerank_table import label
+
+    assert label(settings) == "up-to-down heuristic, full list, T = 2"
+    assert label({**settings, "method": "ar"}) == "AR, full list"
+    assert label({**settings, "method": "ar", "window": 20}) == "AR windows"

@@ -42,8 +42,11 @@ def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, RerankResult
 
 
 def label(settings: dict[str, Any]) -> str:
+    """The row's name: method (and T); a run that ranked the whole top in one window says "full list"."""
     method = settings["method"]
     name = LABELS.get(method, method)
+    if settings.get("window", 0) >= settings.get("top", 1):  # rsd-rerank --full-list
+        name = f"{name.removesuffix(' windows')}, full list"
     return name if method in ("ar", "std") else f"{name}, T = {settings['budget']}"
 
 
