@@ -2,19 +2,22 @@
 
 Per user: the chronologically last ``history`` watched titles (before the held-out item) as context;
 candidates = the held-out next item + N-1 seeded random items the user never rated. MovieLens may not
-be redistributed, so nothing is shipped: the files are read from the ``recbole`` wheel (installed with
-``pip install --no-deps recbole==1.2.1``) or from a user-given folder in the official layouts.
+be redistributed, so nothing is shipped: the files are read from inside the ``recbole`` wheel file, fetched
+into the cache with ``pip download`` (never installed: its dependency pins would clash with ours), or from
+a user-given folder in the official layouts.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rsd_env.data.task import Candidate, RankingTask
+from rsd_env.io import cache_root
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,24 @@ class Interactions:
     titles: dict[str, str]
 
 
-def _recbole_dir() -> Path:
-    spec = importlib.util.find_spec("recbole")
+RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
+
+
+def _recbole_dir() -> Path | zipfile.Path:
+    """ML-100K's folder inside the recbole wheel in ``cache_root()/wheels``, else in an installed recbole."""
+    wheels = cache_root() / "wheels"
+    wheel = wheels / RECBOLE_WHEEL
+    if wheel.exists():
+        try:
+            return zipfile.Path(zipfile.ZipFile(wheel), "recbole/dataset_example/ml-100k/")
+        except zipfile.BadZipFile as err:
+            raise FileNotFoundError(f"{wheel} is not a valid wheel ({err}): delete it and fetch it again with "
+                                    f"`pip download --no-deps -d {wheels} recbole==1.2.1`") from err
+    spec = importlib.util.find_spec("recbole")  # an earlier install (pip install --no-deps recbole==1.2.1)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "MovieLens-100K is read from the recbole wheel, which is not installed: run "
-            "`pip install --no-deps recbole==1.2.1`, or pass path=<folder with u.data and u.item>"
+            f"MovieLens-100K is read from the recbole wheel, which is not in {wheels}: run "
+            f"`pip download --no-deps -d {wheels} recbole==1.2.1`, or pass path=<folder with u.data and u.item>"
         )
     return Path(spec.origin).parent / "dataset_example" / "ml-100k"
 
