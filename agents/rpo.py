@@ -43,12 +43,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from agents.plackett_luce import log_prob, sample_order
 from agents.policy import GAIN_SCALE, RankingPolicy, obs_to_tensors, ranks_to_actions
+from agents.progress import StepProgressBar
 from agents.residual import ResidualRankingPolicy
 from agents.vec_env import RSDVecEnv
 
@@ -401,6 +402,14 @@ class RPO(BaseAlgorithm):
         return {"train/warm_start_nll": float(np.mean(losses))}
 
     # ---- SB3 learn -----------------------------------------------------------------------------
+    def _init_callback(self, callback=None, progress_bar: bool = False) -> BaseCallback:
+        """SB3's callback setup, with a bar that counts the env steps RPO takes (see ``agents.progress``)."""
+        callback = super()._init_callback(callback, progress_bar=False)
+        if progress_bar:
+            callback = CallbackList([callback, StepProgressBar()])
+            callback.init_callback(self)
+        return callback
+
     def learn(self, total_timesteps: int, callback=None, log_interval: int = 1, tb_log_name: str = "RPO",
               reset_num_timesteps: bool = True, progress_bar: bool = False) -> RPO:
         total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps,

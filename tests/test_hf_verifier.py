@@ -20,6 +20,7 @@ from rsd_env.data import load_tasks
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.verifiers import hf, make_verifier, prompts
 from rsd_env.verifiers.base import greedy_acceptance
+from rsd_env.verifiers.hf_model import peft_wrapping
 from rsd_env.verifiers.model_store import BUNDLED_MODEL
 from rsd_env.verifiers.target_cache import TargetCache
 
@@ -344,7 +345,8 @@ def test_lora_adapter_is_merged_exactly(
 
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(copy.deepcopy(base_verifier.model), config).eval()
+    with peft_wrapping():  # peft's own deprecated transformers call
+        peft_model = get_peft_model(copy.deepcopy(base_verifier.model), config).eval()
     peft_model.save_pretrained(tmp_path / "lora")
     task, ranking = tasks[0], np.array([1, 0, 2, 4, 3])
     ids = prompts.identifier_token_ids(base_verifier.tokenizer, N)

@@ -8,6 +8,7 @@ import torch
 
 from experiments.adapter.data import Examples
 from experiments.adapter.train import collate, identifier_scores, make_probe, micro_batches, probe_loss, ranking_losses
+from rsd_env.verifiers.hf_model import peft_wrapping
 
 N = 4
 UNIFORM_PL = math.lgamma(N + 1) / N  # mean over slots of log(#items left)
@@ -142,7 +143,8 @@ def test_identifier_scores_equal_the_full_vocabulary_logits_at_the_answer_slots(
     torch.manual_seed(0)
     config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=8)
-    model = get_peft_model(Gemma3ForCausalLM(config).eval(), LoraConfig(r=2, target_modules=["q_proj"]))
+    with peft_wrapping():
+        model = get_peft_model(Gemma3ForCausalLM(config).eval(), LoraConfig(r=2, target_modules=["q_proj"]))
     ids = torch.randint(30, 64, (2, 15))
     mask = torch.ones_like(ids)
     starts = torch.tensor([8, 10])

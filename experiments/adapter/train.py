@@ -34,6 +34,7 @@ import yaml
 from agents.plackett_luce import log_prob
 from experiments.adapter.data import Examples, prepare
 from rsd_env.io import atomic_path, write_json
+from rsd_env.verifiers.hf_model import peft_wrapping
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -252,9 +253,10 @@ def main(argv: list[str] | None = None) -> None:
               "no probe loss on those", flush=True)
     base = load_base(model_path, device)
     layers = list(range(args.first_layer, base.config.num_hidden_layers))
-    model = get_peft_model(base, LoraConfig(
-        r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(args.targets),
-        layers_to_transform=layers, task_type="CAUSAL_LM"))
+    with peft_wrapping():
+        model = get_peft_model(base, LoraConfig(
+            r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(args.targets),
+            layers_to_transform=layers, task_type="CAUSAL_LM"))
     probe = make_probe(base.config.hidden_size).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)

@@ -1,32 +1,44 @@
 """MovieLens-100K and ML-1M, in their official layouts or as RecBole atomic files.
 
 Tasks are LLMRank-style (``rsd_env.data.recommendation``). MovieLens may not be redistributed, so nothing is
-shipped: ML-100K is read from the ``recbole`` wheel (installed with ``pip install --no-deps recbole==1.2.1``),
-which holds it as RecBole atomic files, or from a user-given folder.
+shipped: ML-100K is read as RecBole atomic files from inside the ``recbole`` wheel file, fetched into the cache
+with ``pip download`` (never installed: its dependency pins would clash with ours), or from a user-given folder.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import zipfile
 from pathlib import Path
 
 from rsd_env.data.recbole import read_atomic
 from rsd_env.data.recommendation import Interactions, interactions
 from rsd_env.data.rows import delimited_rows
+from rsd_env.io import cache_root
 
 # per dataset: RecBole's interaction file, then the official ratings file (either marks a folder as that dataset)
 LAYOUTS: dict[str, tuple[str, str]] = {"ml-100k": ("ml-100k.inter", "u.data"), "ml-1m": ("ml-1m.inter", "ratings.dat")}
 # the official layouts: (ratings file, separator), (titles file, separator); Latin-1 text
 OFFICIAL: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     "ml-100k": (("u.data", "\t"), ("u.item", "|")), "ml-1m": (("ratings.dat", "::"), ("movies.dat", "::"))}
+RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 
 
-def _recbole_dir() -> Path:
-    spec = importlib.util.find_spec("recbole")
+def _recbole_dir() -> Path | zipfile.Path:
+    """ML-100K's folder inside the recbole wheel in ``cache_root()/wheels``, else in an installed recbole."""
+    wheels = cache_root() / "wheels"
+    wheel = wheels / RECBOLE_WHEEL
+    if wheel.exists():
+        try:
+            return zipfile.Path(zipfile.ZipFile(wheel), "recbole/dataset_example/ml-100k/")
+        except zipfile.BadZipFile as err:
+            raise FileNotFoundError(f"{wheel} is not a valid wheel ({err}): delete it and fetch it again with "
+                                    f"`pip download --no-deps -d {wheels} recbole==1.2.1`") from err
+    spec = importlib.util.find_spec("recbole")  # an earlier install (pip install --no-deps recbole==1.2.1)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "MovieLens-100K is read from the recbole wheel, which is not installed: run "
-            "`pip install --no-deps recbole==1.2.1`, or pass path=<folder with u.data and u.item>"
+            f"MovieLens-100K is read from the recbole wheel, which is not in {wheels}: run "
+            f"`pip download --no-deps -d {wheels} recbole==1.2.1`, or pass path=<folder with u.data and u.item>"
         )
     return Path(spec.origin).parent / "dataset_example" / "ml-100k"
 

@@ -9,6 +9,7 @@ them out again. ``PromptStore`` keeps prompt states across calls under a memory 
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,8 +150,16 @@ class CacheLayout:
     """A model's cache layers (full attention or a sliding window each): how to build and copy its KV."""
 
     def __init__(self, model: Any) -> None:
+        import transformers
         from transformers import DynamicCache
 
+        decoder = model.get_decoder()
+        if "cache" not in inspect.signature(decoder.forward).parameters:  # else it would vanish into **kwargs
+            raise ImportError(
+                f"{type(decoder).__name__}.forward takes no `cache` argument (transformers "
+                f"{transformers.__version__}; before 5.24 the KV cache was passed as `past_key_values`), so the "
+                "verifier's KV reuse cannot work: pip install 'transformers>=5.24,<6'"
+            )
         self.config = model.config
         self.windows: list[int | None] = []
         for layer in DynamicCache(config=self.config).layers:

@@ -7,6 +7,9 @@ before any weights are read, and so that the cache key of stored targets (the di
 from __future__ import annotations
 
 import hashlib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around wrapping a model in a ``PeftModel``: peft (0.21.2, the newest) reads transformers' deprecated
+    ``is_gradient_checkpointing`` in that constructor, a FutureWarning no argument of ours avoids."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_model(
     name: str, source: str, adapter_path: Path | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, Any]:
@@ -115,7 +127,8 @@ def load_model(
     if adapter_path is not None:
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(lm, str(adapter_path)).merge_and_unload()
+        with peft_wrapping():
+            lm = PeftModel.from_pretrained(lm, str(adapter_path)).merge_and_unload()
     return tokenizer, lm.to(device).eval()
 
 

@@ -6,18 +6,14 @@ The conversion writes to a temporary folder and renames it, so an interrupted ru
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from rsd_env.io import cache_root
+
 BUNDLED_MODEL = "bundled:gemma-3-270m"
 _FOLDER_NAME = "gemma-3-270m-q4_k_m-hf"
-
-
-def cache_root() -> Path:
-    """``$RSD_CACHE`` or ``~/.cache/rsd``: converted models and cached targets."""
-    return Path(os.environ.get("RSD_CACHE", Path.home() / ".cache" / "rsd"))
 
 
 def bundled_model_dir(cache_dir: str | Path | None = None) -> Path:
