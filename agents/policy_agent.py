@@ -5,7 +5,8 @@ RLlib's checkpoints hold a whole Ray algorithm; ranking needs only the policy. A
 (algorithm, timesteps, evaluation). ``load_agent`` / ``agent:<folder>`` read it without Ray, and the
 ``PolicyAgent`` it returns has what ranking reads of an SB3 model: ``policy``, ``observation_space`` and
 ``num_timesteps``. A folder is written next to its target and renamed onto it, so a kill leaves the
-previous folder or, at worst for the instant between two renames, a hidden ``.<name>.old.tmp`` copy.
+previous folder or, in the instant between two renames, a hidden ``.<name>.old.tmp`` copy that
+``recover_folders`` puts back.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,28 +72,43 @@ def save_policy_agent(policy: BasePolicy, path: str | Path, policy_name: str, po
     """Write ``path/`` (``policy.pt`` + ``rsd_agent.json``) atomically; ``extra``: {name: writer(folder)}
     for more content, e.g. RLlib's own module checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(path) as tmp:
         torch.save(policy_record(policy, policy_name, policy_kwargs), tmp / WEIGHTS_NAME)
         for name, writer in (extra or {}).items():
             writer(tmp / name)
         write_json(tmp / META_NAME, {**meta, "policy": policy_name, "policy_kwargs": dict(policy_kwargs)}, indent=1)
-        os.chmod(tmp, 0o777 & ~_umask())
-        replace_folder(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-def replace_folder(new: Path, target: Path) -> None:
-    """Move the finished folder ``new`` onto ``target`` (the old one is moved aside first, then deleted)."""
-    old = target.parent / f".{target.name}.old.tmp"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temp folder beside ``path``, moved onto it only if the block succeeds (the old folder is moved
+    aside first, then deleted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = path.parent / f".{path.name}.old.tmp"
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_folders(folder: Path) -> None:
+    """After a killed writer (call while holding the run's lock): a folder caught between ``atomic_folder``'s
+    two renames gets its previous version back, half-written temp folders are deleted."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        if not tmp.is_dir():
+            continue
+        if tmp.name.endswith(".old.tmp") and not (folder / tmp.name[1: -len(".old.tmp")]).exists():
+            os.replace(tmp, folder / tmp.name[1: -len(".old.tmp")])
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -21,13 +21,11 @@ folder of several files); evaluation and checkpoints happen between training ite
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from agents.policy_agent import build_policy, replace_folder, save_policy_agent
+from agents.policy_agent import atomic_folder, build_policy, recover_folders, save_policy_agent
 from agents.train import (
     Session,
     TrainConfig,
@@ -153,13 +151,9 @@ class RLlibModel:
         """RLlib's algorithm checkpoint plus our step count, written beside ``path`` and renamed onto it."""
         from rsd_env.io import write_json
 
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-        try:
+        with atomic_folder(path) as tmp:
             self.algo.save_to_path(str(tmp))
             write_json(tmp / CHECKPOINT_META, self.meta())
-            replace_folder(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def restore(self, path: Path) -> None:
         meta = json.loads((path / CHECKPOINT_META).read_text(encoding="utf-8"))
@@ -178,6 +172,9 @@ def prepare_rllib(config: TrainConfig) -> Session:
     register_env(ENV_NAME, make_vector_env)
 
     def start(run: Path) -> tuple[RLlibModel, Path | None]:
+        for folder in (run, run / "checkpoints"):
+            if folder.exists():
+                recover_folders(folder)
         last = run / "checkpoints" / "last"
         if config.resume and (last / CHECKPOINT_META).exists():
             check_resumable(config, run)

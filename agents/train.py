@@ -344,7 +344,8 @@ def _start_over(run: Path) -> None:
     previous = [p for p in run.iterdir() if p.name != LOCK_NAME]
     if not previous:
         return
-    if not list(run.rglob("*.zip")):
+    # a checkpoint: SB3's zips, or an RLlib run's folders (rsd_checkpoint.json, rsd_agent.json inside)
+    if not any(next(run.rglob(pattern), None) for pattern in ("*.zip", "rsd_*.json")):
         for p in previous:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         _say(f"starting over in {run} (the previous attempt ended before its first checkpoint)")
