@@ -6,7 +6,7 @@
 - ``"ppo"``, ``"a2c"`` (stable-baselines3), ``"trpo"`` (sb3-contrib), ... any on-policy algorithm by name,
   with ``ItemTransformerPolicy`` (Gaussian over item scores);
 - ``"<module>:<Class>"``: your own algorithm class, e.g. ``agents.make("my_pkg.algos:MyPPO", env)``;
-- RLlib's PPO / APPO / IMPALA through ``rsd-train`` (``algo: rllib:PPO``, ``agents.rllib_train``), with the same
+- RLlib's PPO through ``rsd-train`` (``algo: rllib:PPO``, ``agents.rllib_train``), with the same
   policy classes as an RLModule (``agents.rllib_module``).
 
 Plugging in another algorithm, e.g. sb3-contrib's TRPO or your own PPO subclass::

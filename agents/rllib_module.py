@@ -4,7 +4,7 @@ The module builds one of our SB3 actor-critic policies (``ItemTransformerPolicy`
 ``agents.POLICIES``) and reads its parts: the features extractor (the item Transformer or the residual's
 encoder), the per-item score head (the Gaussian's N means) and its state-independent ``log_std`` (N
 log-stds: RLlib's ``TorchDiagGaussian`` takes the 2N outputs concatenated), and the pooled value head
-(``ValueFunctionAPI``, for PPO / APPO / IMPALA). One definition serves both stacks, so a module trained
+(``ValueFunctionAPI``, which PPO's learner needs). One definition serves both stacks, so a module trained
 here ranks exactly as the same weights would in SB3 (``agents.policy_agent``).
 
 ``model_config``: ``{"policy": <name>, "policy_kwargs": {...}}``.

@@ -148,8 +148,9 @@ def test_rllib_trains_saves_resumes_and_ranks(local_ray, tmp_path):
 def test_rllib_settings_fail_before_a_run_starts(tmp_path):
     with pytest.raises(ValueError, match="unknown algo_kwargs \\['n_steps'\\] for rllib:PPO"):
         load_train_config(CONFIG, {"algo_kwargs": {"n_steps": 8}})
-    with pytest.raises(ValueError, match="unsupported RLlib algorithm 'rllib:SAC'"):
-        load_train_config(CONFIG, {"algo": "rllib:SAC"})
+    for name in ("rllib:SAC", "rllib:APPO"):
+        with pytest.raises(ValueError, match=f"unsupported RLlib algorithm '{name}'; use one of \\['rllib:PPO'\\]"):
+            load_train_config(CONFIG, {"algo": name})
     with pytest.raises(ValueError, match="Gaussian actor-critic"):
         load_train_config(CONFIG, {"policy": "ResidualRankingPolicy"})
 
