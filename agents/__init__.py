@@ -5,7 +5,9 @@
 - ``"rpo"``: ranking-tailored policy optimisation (``agents.rpo.RPO``, Plackett-Luce ``RankingPolicy``);
 - ``"ppo"``, ``"a2c"`` (stable-baselines3), ``"trpo"`` (sb3-contrib), ... any on-policy algorithm by name,
   with ``ItemTransformerPolicy`` (Gaussian over item scores);
-- ``"<module>:<Class>"``: your own algorithm class, e.g. ``agents.make("my_pkg.algos:MyPPO", env)``.
+- ``"<module>:<Class>"``: your own algorithm class, e.g. ``agents.make("my_pkg.algos:MyPPO", env)``;
+- RLlib's PPO through ``rsd-train`` (``algo: rllib:PPO``, ``agents.rllib_train``), with the same
+  policy classes as an RLModule (``agents.rllib_module``).
 
 Plugging in another algorithm, e.g. sb3-contrib's TRPO or your own PPO subclass::
 
@@ -32,7 +34,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rsd_env.io import atomic_path, write_json
 
-__all__ = ["make", "algorithm_class", "save_agent", "load_agent", "agent_meta", "ALGORITHMS"]
+__all__ = ["make", "algorithm_class", "policy_class", "save_agent", "load_agent", "agent_meta", "ALGORITHMS",
+           "POLICIES"]
 
 # short names -> "module:Class"
 ALGORITHMS: dict[str, str] = {
@@ -43,17 +46,37 @@ ALGORITHMS: dict[str, str] = {
     "recurrent_ppo": "sb3_contrib:RecurrentPPO",
 }
 
+# our policies by name (``policy:`` in a training YAML), for algorithms whose own aliases do not know them
+POLICIES: dict[str, str] = {
+    "ItemTransformerPolicy": "agents.policy:ItemTransformerPolicy",
+    "ResidualItemPolicy": "agents.residual:ResidualItemPolicy",
+    "RankingPolicy": "agents.policy:RankingPolicy",
+    "ResidualRankingPolicy": "agents.residual:ResidualRankingPolicy",
+}
+
+
+def _import(spec: str, what: str) -> Any:
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {what} {spec!r}: {err}") from err
+
+
+def policy_class(name: str) -> type:
+    """One of our policy classes by name (``POLICIES``) or ``"module:Class"``."""
+    spec = POLICIES.get(name, name)
+    if ":" not in spec:
+        raise ValueError(f"unknown policy {name!r}; use one of {sorted(POLICIES)} or 'module:Class'")
+    return _import(spec, "policy")
+
 
 def algorithm_class(name: str) -> type[BaseAlgorithm]:
     """The algorithm class for a short name or a ``"module:Class"`` path."""
     spec = ALGORITHMS.get(name.lower(), name)
     if ":" not in spec:
         raise ValueError(f"unknown algorithm {name!r}; use one of {sorted(ALGORITHMS)} or 'module:Class'")
-    module, _, cls_name = spec.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), cls_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import algorithm {spec!r}: {err}") from err
+    cls = _import(spec, "algorithm")
     if not (isinstance(cls, type) and issubclass(cls, BaseAlgorithm)):
         raise TypeError(f"{spec!r} is not a stable-baselines3 BaseAlgorithm subclass")
     return cls
@@ -78,6 +101,8 @@ def make(name: str, env: Any, **kwargs: Any) -> BaseAlgorithm:
     """
     cls = algorithm_class(name)
     policy = kwargs.pop("policy", None) or _policy_for(cls)
+    if isinstance(policy, str) and policy not in getattr(cls, "policy_aliases", {}):
+        policy = policy_class(policy)
     return cls(policy, env, **kwargs)
 
 
@@ -107,6 +132,10 @@ def save_agent(model: BaseAlgorithm, path: str | Path, meta: dict[str, Any] | No
 def agent_meta(path: str | Path) -> dict[str, Any]:
     """The metadata ``save_agent`` stored in a checkpoint (falls back to the ``.json`` beside older zips)."""
     path = Path(path)
+    if path.is_dir():  # a policy folder (agents.policy_agent)
+        from agents.policy_agent import policy_agent_meta
+
+        return policy_agent_meta(path)
     try:
         with zipfile.ZipFile(path) as archive:
             if AGENT_META in archive.namelist():
@@ -123,9 +152,14 @@ def agent_meta(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{sidecar} is not valid JSON ({err}); pass algorithm= to load {path.name}") from err
 
 
-def load_agent(path: str | Path, algorithm: str | None = None, env: Any = None, **kwargs: Any) -> BaseAlgorithm:
-    """Load a checkpoint saved by ``save_agent`` (or any SB3 zip, given ``algorithm``)."""
+def load_agent(path: str | Path, algorithm: str | None = None, env: Any = None, **kwargs: Any) -> Any:
+    """Load a checkpoint saved by ``save_agent`` (or any SB3 zip, given ``algorithm``), or a policy folder
+    (``agents.policy_agent``: what an RLlib run saves as ``model/``), which ranks but does not train on."""
     path = Path(path)
+    if path.is_dir():
+        from agents.policy_agent import load_policy_agent
+
+        return load_policy_agent(path)
     if not path.exists() and path.with_suffix(".zip").exists():
         path = path.with_suffix(".zip")
     if not path.exists():

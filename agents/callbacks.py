@@ -91,6 +91,16 @@ class WarmStartSnapshot(BaseCallback):
             save_agent(self.model, self.path, meta={"stage": "warm start only"})
 
 
+def evaluate_agent(agent: Any, eval_env: Any, task_ids: list[str]) -> dict[str, float]:
+    """Greedy ranking of held-out tasks by ``agent`` (anything with our ``policy``): mean metrics."""
+    method = AgentMethod(agent)
+    method.cold = False  # monitoring, not latency: keep the verifier's prompt caches warm for training
+    return summarize(rank_tasks(method, eval_env, task_ids))
+
+
+EVAL_KEYS = ("final_agreement", "kendall_tau", "spearman_rho", "ndcg@10", "wall_ms")  # logged as eval/<key>
+
+
 class RankingEvalCallback(_Every):
     """Greedy evaluation on held-out tasks: agreement with the target, Kendall tau, NDCG@10.
 
@@ -107,11 +117,9 @@ class RankingEvalCallback(_Every):
         self.last_result: dict[str, Any] = {}
 
     def fire(self) -> None:
-        method = AgentMethod(self.model)
-        method.cold = False  # monitoring, not latency: keep the verifier's prompt caches warm for training
-        summary = summarize(rank_tasks(method, self.eval_env, self.task_ids))
+        summary = evaluate_agent(self.model, self.eval_env, self.task_ids)
         self.last_result = {"timesteps": self.num_timesteps, "updates": getattr(self.model, "_n_updates", 0), **summary}
-        for key in ("final_agreement", "kendall_tau", "spearman_rho", "ndcg@10", "wall_ms"):
+        for key in EVAL_KEYS:
             if key in summary:
                 self.logger.record(f"eval/{key}", summary[key])
         if summary["final_agreement"] > self.best:

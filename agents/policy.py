@@ -169,7 +169,14 @@ def _transformer_kwargs(kwargs: dict[str, Any], d_model: int, n_layers: int, n_h
 
 
 class ItemTransformerPolicy(ActorCriticPolicy):
-    """Actor-critic for PPO/A2C/TRPO: Gaussian over item scores (mean = per-item head), pooled value."""
+    """Actor-critic for PPO/A2C/TRPO: Gaussian over item scores (mean = per-item head), pooled value.
+
+    Subclasses swap the item encoder and the score head through ``extractor_class`` / ``score_head_class``
+    (e.g. ``agents.residual.ResidualItemPolicy``); RLlib runs it through ``agents.rllib_module``.
+    """
+
+    extractor_class: type[BaseFeaturesExtractor] = ItemTransformerExtractor
+    score_head_class: type[nn.Module] = ItemScoreHead
 
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box, lr_schedule,
                  d_model: int = 64, n_layers: int = 2, n_heads: int = 4, dropout: float = 0.0,
@@ -178,14 +185,14 @@ class ItemTransformerPolicy(ActorCriticPolicy):
         kwargs.pop("net_arch", None)
         kwargs["share_features_extractor"] = True
         super().__init__(observation_space, action_space, lr_schedule,
-                         **_transformer_kwargs(kwargs, d_model, n_layers, n_heads, dropout))
+                         **_transformer_kwargs(kwargs, d_model, n_layers, n_heads, dropout, self.extractor_class))
 
     def _build_mlp_extractor(self) -> None:
         self.mlp_extractor = _Passthrough(self.features_dim)
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
-        self.action_net = ItemScoreHead(self.features_extractor)
+        self.action_net = self.score_head_class(self.features_extractor)
         self.value_net = PooledValueHead(self.features_extractor)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 

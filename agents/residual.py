@@ -29,9 +29,10 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from agents.decoders import DECODERS, DecodeInput, common_prefix_length, decode, decoded_ranks, read_observation
-from agents.policy import LOGP_SCALE, RankingPolicy
+from agents.policy import LOGP_SCALE, ItemTransformerPolicy, RankingPolicy
 
-__all__ = ["ResidualItemExtractor", "ResidualScoreHead", "ResidualRankingPolicy", "residual_features"]
+__all__ = ["ResidualItemExtractor", "ResidualScoreHead", "ResidualRankingPolicy", "ResidualItemPolicy",
+           "residual_features"]
 
 ROUND_FEATURES = 16
 STATIC_FEATURES = 12 + len(DECODERS)
@@ -197,3 +198,26 @@ class ResidualRankingPolicy(RankingPolicy):
     def scale(self) -> float:
         """The current score gap between decoded neighbours."""
         return float(self.features_extractor.log_scale.detach().exp())
+
+
+class ResidualItemPolicy(ItemTransformerPolicy):
+    """PPO's Gaussian over item scores with the residual mean (``decoder``'s order plus a learned correction).
+
+    SB3 and RLlib clip Gaussian actions to the action box [-1, 1], so the decoded scores must fit in it:
+    ``base_scale`` defaults to 1 / (N - 1) (scores from 0 down to -1) and ``log_std_init`` to -3 (noise
+    ~0.05, about one decoded gap: samples stay near the decoded order, as RPO's temperature does). The
+    untrained policy's greedy ranking is the decoder's. ``policy_kwargs`` as ``ResidualRankingPolicy``.
+    """
+
+    extractor_class = ResidualItemExtractor
+    score_head_class = ResidualScoreHead
+
+    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box, lr_schedule,
+                 decoder: str = "heuristic", base_scale: float | None = None, learn_scale: bool = True,
+                 history: str = "all", n_layers: int = 1, log_std_init: float = -3.0, **kwargs: Any) -> None:
+        n = observation_space["first_token"].shape[0]
+        kwargs["features_extractor_kwargs"] = dict(
+            decoder=decoder, base_scale=1.0 / max(n - 1, 1) if base_scale is None else base_scale,
+            learn_scale=learn_scale, history=history)
+        super().__init__(observation_space, action_space, lr_schedule, n_layers=n_layers, log_std_init=log_std_init,
+                         **kwargs)

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class TrainConfig:
     resume: bool = True
     progress_bar: bool = True
     torch_threads: int | None = None
+    ray_address: str | None = None  # rllib: algorithms: join this Ray cluster (HOST:PORT, auto); None = local Ray
     verbose: int = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -118,8 +119,9 @@ def _check_types(raw: dict[str, Any]) -> None:
     for key in _STR_KEYS:
         if key in raw and not isinstance(raw[key], str):
             fail(key, "a string")
-    if raw.get("run_name") is not None and not isinstance(raw["run_name"], str):
-        fail("run_name", "a string or null")
+    for key in ("run_name", "ray_address"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            fail(key, "a string or null")
     for key, low in _MINIMUM.items():
         if raw.get(key) is not None and raw[key] < low:
             raise ValueError(f"{key} must be >= {low}, got {raw[key]}")
@@ -148,13 +150,23 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
 def validate(config: TrainConfig) -> None:
     """Everything that can be checked without loading data or models: the algorithm and its keyword
     arguments, the env id and both env configs. Runs before anything is written."""
-    import gymnasium as gym
-
     import agents
-    import rsd_env  # noqa: F401  (registers the ids)
-    from rsd_env.config import resolve_config
 
-    cls = agents.algorithm_class(config.algo)
+    if is_rllib(config.algo):
+        from agents.rllib_train import validate_rllib
+
+        validate_rllib(config)
+    else:
+        _validate_sb3(config, agents.algorithm_class(config.algo))
+    _validate_envs(config)
+
+
+def is_rllib(algo: str) -> bool:
+    """``rllib:<ALGO>`` names an RLlib algorithm (``agents.rllib_train``)."""
+    return algo.lower().startswith("rllib:")
+
+
+def _validate_sb3(config: TrainConfig, cls: type) -> None:
     params = inspect.signature(cls.__init__).parameters
     reserved = sorted(set(config.algo_kwargs) & set(_RESERVED_ALGO_KWARGS))
     if reserved:
@@ -165,6 +177,14 @@ def validate(config: TrainConfig) -> None:
         unknown = sorted(set(config.algo_kwargs) - accepted)
         if unknown:
             raise ValueError(f"unknown algo_kwargs {unknown} for {cls.__name__}; valid: {sorted(accepted)}")
+
+
+def _validate_envs(config: TrainConfig) -> None:
+    import gymnasium as gym
+
+    import rsd_env  # noqa: F401  (registers the ids)
+    from rsd_env.config import resolve_config
+
     try:
         spec = gym.spec(config.env_id)
     except gym.error.Error as err:
@@ -232,6 +252,13 @@ def make_train_env(env_id: str, env_config: dict[str, Any]) -> Any:
     """
     import gymnasium as gym
 
+    return gym.make(env_id, config=train_env_config(env_id, env_config))
+
+
+def train_env_config(env_id: str, env_config: dict[str, Any]) -> dict[str, Any]:
+    """The env config ``make_train_env`` builds ``env_id`` with: ``mix`` resolved into ``tasks``."""
+    import gymnasium as gym
+
     import rsd_env  # noqa: F401  (registers the ids)
     from rsd_env.data import load_tasks
 
@@ -241,7 +268,7 @@ def make_train_env(env_id: str, env_config: dict[str, Any]) -> Any:
         config["tasks"] = [task for m in mix for task in load_tasks(
             m["dataset"], m.get("split", "train"), n, seed=seed, **{k: v for k, v in m.items()
                                                                    if k not in ("dataset", "split")})]
-    return gym.make(env_id, config=config)
+    return config
 
 
 def make_vec_env(config: TrainConfig, env):
@@ -260,7 +287,7 @@ def make_vec_env(config: TrainConfig, env):
 # ---- the run folder -------------------------------------------------------------------------------
 # keys that may change when a run resumes (how long and how it is watched); any other change is refused
 RESUMABLE_CHANGES = ("total_timesteps", "eval_freq", "checkpoint_freq", "progress_bar", "verbose", "torch_threads",
-                     "resume", "run_dir", "run_name", "wandb")
+                     "resume", "run_dir", "run_name", "wandb", "ray_address")
 _CHECKPOINT_PATTERN = "model_*.zip"
 
 
@@ -317,7 +344,8 @@ def _start_over(run: Path) -> None:
     previous = [p for p in run.iterdir() if p.name != LOCK_NAME]
     if not previous:
         return
-    if not list(run.rglob("*.zip")):
+    # a checkpoint: SB3's zips, or an RLlib run's folders (rsd_checkpoint.json, rsd_agent.json inside)
+    if not any(next(run.rglob(pattern), None) for pattern in ("*.zip", "rsd_*.json")):
         for p in previous:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         _say(f"starting over in {run} (the previous attempt ended before its first checkpoint)")
@@ -360,20 +388,16 @@ def prepare(config: TrainConfig) -> Session:
     validate(config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
+    if is_rllib(config.algo):
+        from agents.rllib_train import prepare_rllib
+
+        return prepare_rllib(config)
     env = make_train_env(config.env_id, config.env)
     eval_env = make_train_env(config.env_id, eval_env_config(config)).unwrapped
     train_env = env if config.algo == "rpo" else make_vec_env(config, env)  # RPO builds its own vector env
 
-    run = config.path()
-    created = not run.exists()
-    lock = FolderLock(run, LOCK_NAME, what="rsd-train run").acquire()
-    try:
-        for folder in (run, run / "checkpoints"):  # temp files of a writer killed mid-write
-            if folder.exists():
-                remove_stale_temps(folder)
-        model, resumed_from = None, None
-        if config.resume:
-            model, resumed_from = _resume(config, run, train_env)
+    def start(run: Path) -> tuple[Any, Path | None]:
+        model, resumed_from = _resume(config, run, train_env) if config.resume else (None, None)
         if model is None:
             _start_over(run)
             try:
@@ -383,16 +407,37 @@ def prepare(config: TrainConfig) -> Session:
             except TypeError as err:
                 raise ValueError(f"cannot build {config.algo} with algo_kwargs {config.algo_kwargs} and "
                                  f"policy_kwargs {config.policy_kwargs}: {err}") from err
+        return model, resumed_from
+
+    return open_run(config, eval_env, start, "best.zip")
+
+
+def open_run(config: TrainConfig, eval_env: Any, start: Callable[[Path], tuple[Any, Path | None]],
+             best_name: str) -> Session:
+    """Lock the run folder, then ``start(run)`` (resume or build the model: it has ``num_timesteps``), and
+    the bookkeeping every algorithm shares: evaluation lines after the checkpoint dropped, the best score
+    read from ``best_name``, config changes of a resume recorded, ``config.yaml`` written. A folder this call
+    created is removed if it fails."""
+    import agents
+
+    run = config.path()
+    created = not run.exists()
+    lock = FolderLock(run, LOCK_NAME, what="rsd-train run").acquire()
+    try:
+        for folder in (run, run / "checkpoints"):  # temp files of a writer killed mid-write
+            if folder.exists():
+                remove_stale_temps(folder)
+        model, resumed_from = start(run)
         state = _read_state(run) if resumed_from is not None else {}
         best = -float("inf")
         if resumed_from is not None:
             steps = int(model.num_timesteps)
             _truncate_jsonl(run / "eval.jsonl", steps)
-            if (run / "best.zip").exists():
+            if (run / best_name).exists():
                 try:
-                    best = float(agents.agent_meta(run / "best.zip")["eval"]["final_agreement"])
+                    best = float(agents.agent_meta(run / best_name)["eval"]["final_agreement"])
                 except (ValueError, KeyError, TypeError):
-                    _say("best.zip records no evaluation score; the next evaluation replaces it")
+                    _say(f"{best_name} records no evaluation score; the next evaluation replaces it")
             previous = yaml.safe_load(read_text(run / "config.yaml", "run config"))
             changed = config_changes(previous, dataclasses.asdict(config))
             if changed:
@@ -422,13 +467,8 @@ def _read_state(run: Path) -> dict[str, Any]:
     return state
 
 
-def _resume(config: TrainConfig, run: Path, train_env) -> tuple[Any, Path | None]:
-    """The newest checkpoint that loads (saying so when it is not ``last.zip``), after refusing a changed config."""
-    import agents
-
-    candidates = checkpoints(run)
-    if not candidates:
-        return None, None
+def check_resumable(config: TrainConfig, run: Path) -> None:
+    """Refuse to resume ``run`` with settings other than ``RESUMABLE_CHANGES``; the error says the way out."""
     saved = run / "config.yaml"
     if saved.exists():
         try:
@@ -442,6 +482,16 @@ def _resume(config: TrainConfig, run: Path, train_env) -> tuple[Any, Path | None
             raise ValueError(f"{run} was trained with other settings ({listing}); a resumed run keeps its "
                              "settings, so rerun with --no-resume to start over (the old run is moved aside) "
                              "or pick a new --run-name")
+
+
+def _resume(config: TrainConfig, run: Path, train_env) -> tuple[Any, Path | None]:
+    """The newest checkpoint that loads (saying so when it is not ``last.zip``), after refusing a changed config."""
+    import agents
+
+    candidates = checkpoints(run)
+    if not candidates:
+        return None, None
+    check_resumable(config, run)
     failures = []
     for path in candidates:
         try:
@@ -457,6 +507,24 @@ def _resume(config: TrainConfig, run: Path, train_env) -> tuple[Any, Path | None
 
 
 # ---- the run -------------------------------------------------------------------------------------
+def start_tracking(session: Session) -> Any:
+    """The wandb run (resumed by the id in ``state.json``) or None when tracking is disabled; writes state."""
+    config, run, state = session.config, session.run, session.state
+    wandb_run = None
+    if config.wandb.mode != "disabled":  # disabled: wandb is not even imported
+        import wandb
+
+        wandb_run = wandb.init(project=config.wandb.project, entity=config.wandb.entity,
+                               group=config.wandb.group, tags=config.wandb.tags, name=config.name(),
+                               id=state.get("wandb_id"), resume="allow", dir=str(run), mode=config.wandb.mode,
+                               config=dataclasses.asdict(config))
+        state["wandb_id"] = wandb_run.id
+    else:  # fixed at the first start, so tracking turned on later resumes one wandb run, not a new one
+        state.setdefault("wandb_id", secrets.token_hex(4))
+    write_text(run / "state.json", json.dumps(state, indent=1))
+    return wandb_run
+
+
 def learn(session: Session) -> Path:
     """Train the prepared run to ``total_timesteps``; returns the final model's path. Releases the lock."""
     from stable_baselines3.common.callbacks import CallbackList
@@ -472,23 +540,16 @@ def learn(session: Session) -> Path:
     )
     from agents.progress import StepProgressBar
 
-    config, run, model, state = session.config, session.run, session.model, session.state
+    config, run, model = session.config, session.run, session.model
+    if is_rllib(config.algo):
+        from agents.rllib_train import learn_rllib
+
+        return learn_rllib(session)
     resuming = session.resumed_from is not None
     last = run / "checkpoints" / "last.zip"
-    tracking = config.wandb.mode != "disabled"  # disabled: wandb is not even imported
     wandb_run = None
     try:
-        if tracking:
-            import wandb
-
-            wandb_run = wandb.init(project=config.wandb.project, entity=config.wandb.entity,
-                                   group=config.wandb.group, tags=config.wandb.tags, name=config.name(),
-                                   id=state.get("wandb_id"), resume="allow", dir=str(run), mode=config.wandb.mode,
-                                   config=dataclasses.asdict(config))
-            state["wandb_id"] = wandb_run.id
-        else:  # fixed at the first start, so tracking turned on later resumes one wandb run, not a new one
-            state.setdefault("wandb_id", secrets.token_hex(4))
-        write_text(run / "state.json", json.dumps(state, indent=1))
+        wandb_run = start_tracking(session)
         outputs = [ResumableCSVWriter(run / "progress.csv", model.num_timesteps if resuming else None)]
         if wandb_run is not None:
             outputs.append(WandbWriter(wandb_run))
@@ -540,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-project", help="wandb project name")
     parser.add_argument("--run-name", help="run name (folder under run_dir, wandb run name)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--ray-address", help="rllib: algorithms: the Ray cluster to run on (HOST:PORT of "
+                                              "`ray start --head`, or auto); default: a local Ray")
     args = parser.parse_args(argv)
     overrides = list(args.set)
     if args.wandb_mode:
@@ -550,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run_name={args.run_name}")
     if args.no_resume:
         overrides.append("resume=false")
+    if args.ray_address:
+        overrides.append(f"ray_address={args.ray_address}")
     try:
         config = load_train_config(args.config, overrides)
     except (ValueError, OSError) as err:

@@ -177,6 +177,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", help="run tag in the TREC file (default rsd-<method>-T<budget>)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming from --output")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="spread the queries over Ray actors (experiments.rerank_ray): alone, a local Ray; with "
+                        "HOST:PORT (or auto), the cluster there. Same output files")
+    p.add_argument("--ray-actors", type=int, help="actors, each with its own verifier (default: one per CPU)")
+    p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (GPU verifiers)")
     return p.parse_args(argv)
 
 
@@ -197,8 +202,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = trained_n(method)
     if n is not None and n != spec.window:
         raise ValueError(f"method {args.method!r} was trained for {n} candidates; use --window {n}")
-    verifier = make_verifier(args.verifier, **parse_assignments(args.verifier_arg, "--verifier-arg"))
+    verifier_kwargs = parse_assignments(args.verifier_arg, "--verifier-arg")
+    verifier = make_verifier(args.verifier, **verifier_kwargs)
     reranker = SlidingWindowReranker(method, verifier, spec, args.budget, args.batch)
+    if getattr(args, "ray", None):  # same interface, the queries spread over Ray actors
+        from experiments.rerank_ray import RayReranker
+
+        reranker = RayReranker(args.method, args.verifier, verifier_kwargs, spec, args.budget, args.batch,
+                               args.ray, args.ray_actors, args.ray_gpus_per_actor)
     settings = {"input": name, "method": args.method, "budget": args.budget, "top": spec.top,
                 "window": spec.window, "stride": spec.stride, "passes": spec.passes,
                 "verifier": verifier.fingerprint(), "max_queries": args.max_queries, "batch": args.batch}
