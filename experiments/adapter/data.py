@@ -1,8 +1,10 @@
 """Offline distillation data for the bundled ranking adapter: MiniLM teacher orders, tokenised examples.
 
 Everything the GPU/CPU trainer needs is packed into one compressed ``.npz`` (token ids, teacher
-permutations), so training never needs the teacher, the data loaders or the text again - and the file is
-small enough to travel to a remote accelerator with the repo.
+permutations, closing-tag positions), so training never needs the teacher, the data loaders or the text
+again - and the file is small enough to travel to a remote accelerator with the repo. Examples may have
+different N (20-candidate windows beside whole BM25 top-100 lists): permutations and tag positions are
+stored ragged, one run of N values per example.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import numpy as np
 
 from rsd_env.data import load_tasks
 from rsd_env.data.task import RankingTask
-from rsd_env.verifiers.prompts import encode, identifier_token_ids, identifiers, truncate
+from rsd_env.verifiers.prompts import identifier_token_ids, render_with_tags, truncate
 
-N_CANDIDATES = 20
+N_CANDIDATES = 20  # the sliding-window examples; full lists add DL20's whole BM25 top-``full_list_n``
 
 
 class MiniLMTeacher:
@@ -104,16 +106,52 @@ def with_easy_negatives(tasks: list[RankingTask], fraction: float, seed: int) ->
 
 def training_tasks(ir_samples_per_query: int, rec_orders: int, seed: int,
                    movielens: str | Path | None = None, easy_fraction: float = 0.0,
-                   rec_users: int | None = None) -> list[RankingTask]:
+                   rec_users: int | None = None, full_list_orders: int = 0,
+                   full_list_n: int = 100) -> list[RankingTask]:
     """DL20 seeded random 20-subsets of each query's BM25 top-100 (never DL19), a fraction with easy
-    negatives from other DL20 queries, + (the first ``rec_users``) ML-100K train users."""
+    negatives from other DL20 queries, + (the first ``rec_users``) ML-100K train users, + each DL20
+    query's whole BM25 top-``full_list_n`` in ``full_list_orders`` seeded random presentation orders.
+
+    The full lists come last, so the 20-candidate part (and its passage budgets) is the same with or
+    without them.
+    """
     tasks = load_tasks("dl20", "all", n=N_CANDIDATES, sampling="random",
                        samples_per_query=ir_samples_per_query, shuffle=True, seed=seed)
     tasks = with_easy_negatives(tasks, easy_fraction, seed)
     rec = load_tasks("ml-100k", split="train", n=N_CANDIDATES, history=10, seed=0, path=movielens,
                      max_tasks=rec_users)
     tasks += [reorder(t, seed * 1000 + k, f"#o{k}") for t in rec for k in range(rec_orders)]
+    if full_list_orders > 0:
+        full = load_tasks("dl20", "all", n=full_list_n, sampling="top")
+        # other seeds than the recommendation orders': the same seed would shuffle alike
+        tasks += [reorder(t, seed * 1000 + 500 + k, f"#f{k}") for k in range(full_list_orders) for t in full]
     return tasks
+
+
+def encode_with_tags(task: RankingTask, tokenizer: Any, passage_tokens: int | None) -> tuple[list[int], list[int]]:
+    """(prompt ids exactly as the verifier's ``prompts.encode``, position of each candidate's closing-tag
+    identifier token in them).
+
+    Positions come from the tokenizer's character offsets, not from a token pattern: a two-letter
+    identifier ("[AB]") or a passage that quotes a tag cannot shift them. The token chosen is the one
+    holding the identifier's last character.
+    """
+    instruction, body, ends = render_with_tags(task, tokenizer, passage_tokens)
+    head = list(tokenizer(instruction, add_special_tokens=True)["input_ids"])
+    try:
+        enc = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError as err:
+        raise ValueError("closing-tag positions need a fast tokenizer (character offsets): load it with "
+                         "AutoTokenizer.from_pretrained(..., use_fast=True)") from err
+    token_starts = [start for start, _ in enc["offset_mapping"]]
+    tags = []
+    for end in ends:
+        k = int(np.searchsorted(token_starts, end - 1, side="right")) - 1
+        if k < 0 or enc["offset_mapping"][k][1] < end:
+            raise ValueError(f"no token holds character {end - 1} of the prompt body of {task.task_id}: "
+                             "the tokenizer's offsets do not cover the text")
+        tags.append(len(head) + k)
+    return head + list(enc["input_ids"]), tags
 
 
 def build_examples(
@@ -139,33 +177,37 @@ def build_examples(
     teacher.embed([c.text for t in shown for c in t.candidates] + [t.query for t in shown if t.query]
                   + [h for t in shown for h in t.history])
     flat: list[int] = []
-    offsets, perms, domains = [0], [], []
+    offsets, perms, tags, sizes, domains = [0], [], [], [], []
     for task, view, budget in zip(tqdm(tasks, desc="tokenise", mininterval=5), shown, budgets):
-        head, body = encode(task, tokenizer, budget)
-        flat += head + body
+        ids, tag_positions = encode_with_tags(task, tokenizer, budget)
+        flat += ids
         offsets.append(len(flat))
-        perms.append(teacher.order(view))
+        perms += teacher.order(view)
+        tags += tag_positions
+        sizes.append(task.n)
         domains.append(0 if task.domain == "ir" else 1)
-    tags = [tokenizer.convert_tokens_to_ids(x) for x in identifiers(N_CANDIDATES)]
+    most = max(sizes)
     return {
         "tokens": np.asarray(flat, dtype=np.int32),
         "offsets": np.asarray(offsets, dtype=np.int64),
-        "perms": np.asarray(perms, dtype=np.int8),
+        # ragged: example i's N = sizes[i] values follow those of examples 0..i-1
+        "sizes": np.asarray(sizes, dtype=np.int16),
+        "perms": np.asarray(perms, dtype=np.int8 if most <= np.iinfo(np.int8).max + 1 else np.int16),
+        "tags": np.asarray(tags, dtype=np.int32),
         "budgets": np.asarray(budgets, dtype=np.int16),
         "domains": np.asarray(domains, dtype=np.int8),
-        "ident_ids": np.asarray(identifier_token_ids(tokenizer, N_CANDIDATES), dtype=np.int64),
-        # the closing tag " [X]" of each candidate: (' [', 'X', ']') - where the pointwise loss reads
-        "tag_ids": np.asarray([tokenizer.convert_tokens_to_ids("▁["), *tags,
-                               tokenizer.convert_tokens_to_ids("]")], dtype=np.int64),
+        # the first N of these are the identifiers of an N-candidate prompt
+        "ident_ids": np.asarray(identifier_token_ids(tokenizer, most), dtype=np.int64),
     }
 
 
 def prepare(path: Path, tokenizer: Any, ir_samples_per_query: int, rec_orders: int,
             passage_tokens: Sequence[int], seed: int, teacher: MiniLMTeacher | None = None,
             movielens: str | Path | None = None, easy_fraction: float = 0.0,
-            rec_users: int | None = None) -> Path:
+            rec_users: int | None = None, full_list_orders: int = 0, full_list_n: int = 100) -> Path:
     """Build the example file once; written to a temp name first so no half file is ever used."""
-    tasks = training_tasks(ir_samples_per_query, rec_orders, seed, movielens, easy_fraction, rec_users)
+    tasks = training_tasks(ir_samples_per_query, rec_orders, seed, movielens, easy_fraction, rec_users,
+                           full_list_orders, full_list_n)
     arrays = build_examples(tasks, tokenizer, teacher or MiniLMTeacher(), passage_tokens, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
@@ -175,34 +217,44 @@ def prepare(path: Path, tokenizer: Any, ir_samples_per_query: int, rec_orders: i
 
 
 class Examples:
-    """Read side of the example file: prompt ids and teacher permutation of example ``i``."""
+    """Read side of the example file: prompt ids, teacher permutation and closing tags of example ``i``."""
 
     def __init__(self, path: str | Path) -> None:
         with np.load(path) as data:
+            if "sizes" not in data:
+                raise ValueError(f"{path} was written by an older experiments.adapter.data (20 candidates only, "
+                                 "no closing-tag positions): delete it to rebuild; the same seed and options "
+                                 "give the same examples")
             self.tokens = data["tokens"]
             self.offsets = data["offsets"]
+            self.sizes = data["sizes"].astype(np.int64)
             self.perms = data["perms"].astype(np.int64)
+            self.tags = data["tags"].astype(np.int64)
             self.domains = data["domains"]
             self.ident_ids = data["ident_ids"]
-            self.tag_ids = data["tag_ids"]
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        if self.starts[-1] != len(self.perms) or len(self.perms) != len(self.tags):
+            raise ValueError(f"{path} is inconsistent ({len(self.perms)} permutation and {len(self.tags)} tag "
+                             f"entries for {self.starts[-1]} candidates): delete it to rebuild")
 
     def __len__(self) -> int:
-        return len(self.perms)
+        return len(self.sizes)
+
+    def n(self, i: int) -> int:
+        """Candidates in example ``i``."""
+        return int(self.sizes[i])
 
     def prompt(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
+    def perm(self, i: int) -> np.ndarray:
+        """Teacher order of example ``i`` (candidate indices, best first)."""
+        return self.perms[self.starts[i] : self.starts[i + 1]]
+
     def closing_tags(self, i: int) -> np.ndarray:
-        """Positions of the N closing-tag letters (' [', 'X', ']') in prompt ``i``, in identifier order;
-        empty if the passage text itself produced an extra or broken tag."""
-        ids = self.prompt(i)
-        open_, letters, close = self.tag_ids[0], self.tag_ids[1:-1], self.tag_ids[-1]
-        hits = np.flatnonzero((ids[:-2] == open_) & (ids[2:] == close) & np.isin(ids[1:-1], letters)) + 1
-        hits = hits[-len(letters):]  # the instruction's "from [A] to ..." comes first
-        if len(hits) != len(letters) or not np.array_equal(ids[hits], letters):
-            return np.empty(0, dtype=np.int64)
-        return hits
+        """Positions in prompt ``i`` of the N closing-tag identifier tokens, in identifier order."""
+        return self.tags[self.starts[i] : self.starts[i + 1]]
 
     def sequence(self, i: int) -> np.ndarray:
         """Prompt + the teacher permutation's answer ids (what the model is trained on)."""
-        return np.concatenate([self.prompt(i), self.ident_ids[self.perms[i]]])
+        return np.concatenate([self.prompt(i), self.ident_ids[self.perm(i)]])

@@ -6,12 +6,14 @@ One command, resumable::
 
 Step 1 (once, ~100 s on 2 CPU cores) builds ``examples.npz`` from DL20 (half with easy negatives) and
 ML-100K train users with the verifier's own prompt code (``rsd_env.verifiers.prompts``); the MiniLM
-teacher scores each passage as shown (cut to the prompt's token budget). Step 2 trains: for the N
-identifier logits at the N answer slots (teacher permutation fed as the answer), loss = Plackett-Luce NLL
-of the teacher order (the LM loss restricted to identifiers, each slot over the not-yet-used items -
-exactly what constrained AR decoding reads) + ``rank_weight`` x FIRST's weighted RankNet on the first slot
-(the single-token ranking) + ``probe_weight`` x a pointwise loss at each passage's closing tag (see
-``probe_loss``). Checkpoints every ``ckpt_every`` optimizer steps; rerunning the command resumes.
+teacher scores each passage as shown (cut to the prompt's token budget). ``--full-list-orders K`` adds each
+DL20 query's whole BM25 top-``--full-list-n`` in K shuffled orders: one file, examples of different N.
+Step 2 trains: for the N identifier logits at the N answer slots (teacher permutation fed as the answer),
+loss = Plackett-Luce NLL of the teacher order (the LM loss restricted to identifiers, each slot over the
+not-yet-used items - exactly what constrained AR decoding reads) + ``rank_weight`` x FIRST's weighted
+RankNet on the first slot (the single-token ranking) + ``probe_weight`` x a pointwise loss at each
+passage's closing tag (see ``probe_loss``). Checkpoints every ``ckpt_every`` optimizer steps; rerunning
+the command resumes.
 
 Without the closing tag and the probe loss (earlier GPU runs) the answer losses sat at their uniform
 values; with them, the answer slots start to follow content after ~80 steps (see the model card).
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of IR tasks with 5-15 passages of other DL20 queries (easy negatives)")
     p.add_argument("--rec-orders", type=int, default=2, help="presentation orders per ML-100K train user")
     p.add_argument("--rec-users", type=int, default=None, help="first K ML-100K train users (default: all)")
+    p.add_argument("--full-list-orders", type=int, default=0,
+                   help="add each DL20 query's whole BM25 top-N (--full-list-n) in this many shuffled orders")
+    p.add_argument("--full-list-n", type=int, default=100, help="candidates of a full-list example")
     p.add_argument("--passage-tokens", type=int, nargs="+", default=[40, 48, 64, 80])
     p.add_argument("--work-dir", type=Path, default=Path(".cache_adapter/run"), help="checkpoints, logs")
     p.add_argument("--out", type=Path, default=Path("rsd_env/verifiers/adapters/gemma3-270m-rank-lora"))
@@ -77,9 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-weight", type=float, default=1.0, help="weight of the first-slot RankNet loss")
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--init-from", type=Path, default=None,
-                   help="start from the adapter and probe of this checkpoint.pt (a second stage, fresh optimizer)")
+                   help="start from the adapter and probe of this checkpoint.pt, or from a saved adapter folder "
+                        "(e.g. the shipped one; fresh probe): a second stage with a fresh optimizer")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="checkpoint and save the adapter after this long; rerun to resume")
+                   help="checkpoint and save the adapter after this long (this run); rerun to resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"])
     args = p.parse_args(argv)
@@ -142,30 +148,48 @@ def probe_loss(probe: torch.nn.Module, hidden: torch.Tensor, tags: torch.Tensor,
     passages like the teacher. Why: the listwise answer loss alone gives the small model one weak signal
     per slot and it settles on uniform scores; this makes every closing tag carry its passage's relevance,
     which the answer slots then only have to copy. The probe is discarded after training."""
-    keep = (tags >= 0).all(1)
-    if not keep.any():
-        return hidden.new_zeros(())
-    at = hidden[keep].gather(1, tags[keep].unsqueeze(2).expand(-1, -1, hidden.shape[-1]))
-    scores, order = probe(at.float()).squeeze(-1), perm[keep]
+    at = hidden.gather(1, tags.unsqueeze(2).expand(-1, -1, hidden.shape[-1]))
+    scores = probe(at.float()).squeeze(-1)
     # per-position mean, on the same scale as the answer-slot PL loss
-    return -log_prob(scores, order, torch.ones_like(order, dtype=torch.bool)).mean() / order.shape[1]
+    return -log_prob(scores, perm, torch.ones_like(perm, dtype=torch.bool)).mean() / perm.shape[1]
+
+
+def micro_batch_losses(model: Any, probe: torch.nn.Module, batch: tuple, ident_ids: torch.Tensor,
+                       probe_layer: int | None, autocast: Any = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(answer-slot PL, first-slot RankNet, probe loss or 0, first-slot top-1 = teacher top-1) of one
+    ``collate`` batch; ``ident_ids`` are the identifiers of the largest N (a prompt of N uses the first N)."""
+    ids, mask, starts, perm, tags = batch
+    n = perm.shape[1]
+    with autocast or nullcontext():
+        scores, hidden = identifier_scores(model, ids, mask, starts, ident_ids[:n], n, probe_layer)
+    pl, ranknet = ranking_losses(scores, perm)
+    aux = probe_loss(probe, hidden, tags, perm) if hidden is not None else scores.new_zeros(())
+    top1 = (scores[:, 0].argmax(-1) == perm[:, 0]).float().mean()
+    return pl, ranknet, aux, top1
 
 
 def micro_batches(data: Examples, size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Seeded shuffle; batches of similar length (less padding), then the batches shuffled."""
+    """Seeded shuffle; batches of one N (the losses need one shape) and similar length (less padding),
+    then the batches shuffled. With a single N this is the plan the 20-candidate runs always had."""
     order = rng.permutation(len(data))
     lengths = np.diff(data.offsets)
     chunks = [order[k : k + 64 * size] for k in range(0, len(order), 64 * size)]
     batches = []
     for chunk in chunks:
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[k : k + size] for k in range(0, len(chunk), size)]
+        chunk = chunk[np.lexsort((lengths[chunk], data.sizes[chunk]))]  # stable: by N, then by length
+        for n in np.unique(data.sizes[chunk]):
+            same = chunk[data.sizes[chunk] == n]
+            batches += [same[k : k + size] for k in range(0, len(same), size)]
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
 def collate(data: Examples, idx: np.ndarray, pad_id: int, device: torch.device):
-    """Right-padded (ids, mask, answer starts, teacher perms, closing-tag positions or -1) for one
-    micro-batch."""
+    """Right-padded (ids, mask, answer starts, teacher perms, closing-tag positions) for one micro-batch
+    of examples with the same N."""
+    sizes = {data.n(i) for i in idx}
+    if len(sizes) != 1:
+        raise ValueError(f"a micro-batch mixes examples of {sorted(sizes)} candidates: build it with micro_batches")
     seqs = [data.sequence(i)[:-1] for i in idx]  # the last answer token is never an input
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
@@ -173,9 +197,9 @@ def collate(data: Examples, idx: np.ndarray, pad_id: int, device: torch.device):
     for r, s in enumerate(seqs):
         ids[r, : len(s)], mask[r, : len(s)] = s, 1
     starts = np.diff(data.offsets)[idx]
-    n = data.perms.shape[1]
-    tags = np.stack([t if len(t) == n else np.full(n, -1) for t in map(data.closing_tags, idx)])
-    tensors = (ids, mask, starts, data.perms[idx], tags)
+    perms = np.stack([data.perm(i) for i in idx])
+    tags = np.stack([data.closing_tags(i) for i in idx])
+    tensors = (ids, mask, starts, perms, tags)
     return tuple(torch.as_tensor(t, device=device) for t in tensors)
 
 
@@ -186,6 +210,35 @@ def load_base(model_path: str, device: torch.device) -> Any:
     if getattr(model.config, "final_logit_softcapping", None):
         raise ValueError("identifier_scores needs a model without final logit soft-capping")
     return model.to(device)
+
+
+def add_lora(base: Any, rank: int, alpha: int, dropout: float, targets: list[str], first_layer: int) -> Any:
+    """The trainable LoRA model: ``targets`` of layers >= ``first_layer`` (backward stops there)."""
+    from peft import LoraConfig, get_peft_model
+
+    layers = list(range(first_layer, base.config.num_hidden_layers))
+    with peft_wrapping():  # peft's own deprecated transformers call
+        return get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                               target_modules=list(targets), layers_to_transform=layers,
+                                               task_type="CAUSAL_LM"))
+
+
+def load_adapter_folder(model: Any, folder: Path) -> None:
+    """Load a saved adapter (``save_adapter``'s folder) into ``model``; its LoRA shape must match."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    ours = model.peft_config["default"]
+    for key in ("r", "lora_alpha", "layers_to_transform"):
+        mine, theirs = getattr(ours, key), saved.get(key)
+        if mine != theirs:
+            raise SystemExit(f"--init-from {folder}: its {key} is {theirs}, this run's is {mine}; set rank/alpha/"
+                             "first_layer to the adapter's (see its training_meta.json)")
+    result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device=str(model.device)))
+    if result.unexpected_keys:
+        raise SystemExit(f"--init-from {folder}: {len(result.unexpected_keys)} weights do not fit this model "
+                         f"(e.g. {result.unexpected_keys[0]}); set targets to the adapter's")
 
 
 def save_adapter(model: Any, out: Path, meta: dict) -> None:
@@ -219,7 +272,7 @@ def save_adapter(model: Any, out: Path, meta: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
     from tqdm import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -234,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare(args.data, AutoTokenizer.from_pretrained(model_path), args.ir_samples_per_query,
                 args.rec_orders, args.passage_tokens, args.seed,
                 MiniLMTeacher(args.teacher, args.teacher_device), args.movielens, args.easy_fraction,
-                args.rec_users)
+                args.rec_users, args.full_list_orders, args.full_list_n)
         print(f"built {args.data} in {time.time() - t0:.0f} s", flush=True)
     if args.prepare_only:
         return
@@ -242,21 +295,10 @@ def main(argv: list[str] | None = None) -> None:
                           "cpu" if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
     data = Examples(args.data)
-    n = data.perms.shape[1]
-    untagged = sum(len(data.closing_tags(i)) != n for i in range(len(data)))
-    if args.probe_weight > 0 and untagged == len(data):
-        raise SystemExit(f"no example in {args.data} has the {n} closing tags ' [A]' .. ' [{chr(64 + n)}]' that "
-                         "the probe loss reads: the prompt template changed since the file was built; delete "
-                         "it to rebuild, or pass --probe-weight 0")
-    if untagged:
-        print(f"{untagged} of {len(data)} examples have a broken closing tag (a passage quotes one): "
-              "no probe loss on those", flush=True)
+    sizes, counts = np.unique(data.sizes, return_counts=True)
+    print(f"{len(data)} examples: " + ", ".join(f"{c} of N = {n}" for n, c in zip(sizes, counts)), flush=True)
     base = load_base(model_path, device)
-    layers = list(range(args.first_layer, base.config.num_hidden_layers))
-    with peft_wrapping():
-        model = get_peft_model(base, LoraConfig(
-            r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(args.targets),
-            layers_to_transform=layers, task_type="CAUSAL_LM"))
+    model = add_lora(base, args.rank, args.alpha, args.dropout, args.targets, args.first_layer)
     probe = make_probe(base.config.hidden_size).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -274,8 +316,12 @@ def main(argv: list[str] | None = None) -> None:
         return state
 
     if args.init_from is not None and not ckpt.exists():
-        state = load_weights(args.init_from)
-        print(f"initialised from {args.init_from} (step {state['step']} of that run)", flush=True)
+        if args.init_from.is_dir():
+            load_adapter_folder(model, args.init_from)
+            print(f"initialised from the adapter in {args.init_from} (fresh probe)", flush=True)
+        else:
+            state = load_weights(args.init_from)
+            print(f"initialised from {args.init_from} (step {state['step']} of that run)", flush=True)
     if ckpt.exists():
         state = load_weights(ckpt)
         opt.load_state_dict(state["opt"])
@@ -288,19 +334,16 @@ def main(argv: list[str] | None = None) -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     model.train()
     bar = tqdm(total=total, initial=step, desc="adapter", dynamic_ncols=True)
-    t0 = time.time() - elapsed
+    t0 = time.time() - elapsed  # training time over all runs of this work dir
+    started = time.time()  # --max-minutes counts this run only, so a rerun always makes progress
     probe_at = args.probe_layer if args.probe_weight > 0 else None
     while step < total:
         sums = np.zeros(4)
         for k in range(args.accum):
-            ids, mask, starts, perm, tags = collate(data, plan[step * args.accum + k], pad_id, device)
-            with autocast:
-                scores, hidden = identifier_scores(model, ids, mask, starts, ident, n, probe_at)
-            pl, ranknet = ranking_losses(scores, perm)
-            aux = probe_loss(probe, hidden, tags, perm) if hidden is not None else scores.new_zeros(())
+            batch = collate(data, plan[step * args.accum + k], pad_id, device)
+            pl, ranknet, aux, top1 = micro_batch_losses(model, probe, batch, ident, probe_at, autocast)
             loss = pl + args.rank_weight * ranknet + args.probe_weight * aux
             (loss / args.accum).backward()
-            top1 = (scores[:, 0].argmax(-1) == perm[:, 0]).float().mean()
             sums += [pl.item(), ranknet.item(), top1.item(), aux.item()]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -313,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         if run is not None:
             run.log({"loss/pl": pl_m, "loss/ranknet": rn_m, "train/top1": top1_m, "loss/probe": aux_m,
                      "lr": sched.get_last_lr()[0]}, step=step)
-        out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
+        out_of_time = args.max_minutes is not None and time.time() - started > 60 * args.max_minutes
         if step % args.ckpt_every == 0 or step == total or out_of_time:
             _checkpoint(ckpt, model, probe, opt, sched, step, time.time() - t0)
         if out_of_time:

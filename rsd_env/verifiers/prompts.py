@@ -117,17 +117,36 @@ def truncate(text: str, tokenizer: Any, max_tokens: int | None) -> str:
 
 def render(task: RankingTask, tokenizer: Any = None, passage_tokens: int | None = None) -> tuple[str, str]:
     """(instruction, body) text for a task; passages are cut to ``passage_tokens`` tokens."""
+    instruction, body, _ = render_with_tags(task, tokenizer, passage_tokens)
+    return instruction, body
+
+
+def render_with_tags(
+    task: RankingTask, tokenizer: Any = None, passage_tokens: int | None = None
+) -> tuple[str, str, list[int]]:
+    """``render`` plus, per candidate, the character offset in the body just past the identifier of its
+    *last* tag (the closing tag ``[X]`` after the passage): the token there has read the whole passage,
+    which is where the adapter's training reads a pointwise relevance signal. Exact for any template and
+    passage text (a passage that quotes a tag cannot shift it)."""
     template = load_template(task.domain)
     ids = identifiers(task.n, tokenizer)
     fmt = {"n": task.n, "first": ids[0], "last": ids[-1]}
     cut = (lambda t: truncate(t, tokenizer, passage_tokens)) if tokenizer is not None else (lambda t: t)
-    candidates = "\n".join(
-        template.candidate.format(id=i, text=cut(c.text)) for i, c in zip(ids, task.candidates)
+    before_last_id = template.candidate.rsplit("{id}", 1)[0]
+    lines, ends, at = [], [], 0
+    for ident, c in zip(ids, task.candidates):
+        text = cut(c.text)
+        lines.append(template.candidate.format(id=ident, text=text))
+        ends.append(at + len(before_last_id.format(id=ident, text=text)) + len(ident))
+        at += len(lines[-1]) + 1  # the "\n" that joins the lines
+    lead = template.body[: template.body.index("{candidates}")].format(
+        query=task.query, history="\n".join(task.history), **fmt
     )
     body = template.body.format(
-        query=task.query, history="\n".join(task.history), candidates=candidates, **fmt
+        query=task.query, history="\n".join(task.history), candidates="\n".join(lines), **fmt
     )
-    return template.instruction.format(**fmt).rstrip("\n") + "\n\n", body.rstrip("\n")
+    instruction = template.instruction.format(**fmt).rstrip("\n") + "\n\n"
+    return instruction, body.rstrip("\n"), [len(lead) + e for e in ends]
 
 
 def encode(
