@@ -337,6 +337,22 @@ def test_comparison_table_against_the_reference_run(tmp_path, capsys):
     expected = np.mean([kendalltau(range(30), [ar_run[q].docids[:30].index(d) for d in std_run[q].docids[:30]])[0]
                         for q in ar_run])
     assert expected < 1.0 and rows["STD (FIRST) windows"]["tau_vs_reference"] == pytest.approx(expected)
+    # full-list tables: p against AR windows, τ against full-list AR (a second reference, second time ratio)
+    full = _run([*common, "--method", "ar", "--full-list"], tmp_path, "ar-full")
+    assert rerank_table.main([str(std), str(full), "--reference", str(ar), "--tau-reference", str(full),
+                              "--top", "30", "--json", str(tmp_path / "full.json")]) == 0
+    assert "| τ vs AR, full list (top 30) |" in capsys.readouterr().out
+    table = json.loads((tmp_path / "full.json").read_text())
+    rows = {r["label"]: r for r in table["rows"]}
+    assert list(rows) == ["BM25 (first stage)", "STD (FIRST) windows", "AR, full list", "AR windows"]
+    assert table["reference"] == "AR windows" and table["tau_reference"] == "AR, full list"
+    full_run = rerank_table.load_run(full)[1]
+    expected = np.mean([kendalltau(range(30), [full_run[q].docids[:30].index(d) for d in std_run[q].docids[:30]])[0]
+                        for q in full_run])
+    assert rows["STD (FIRST) windows"]["tau_vs_reference"] == pytest.approx(expected)
+    assert rows["AR, full list"]["tau_vs_reference"] == 1.0 and rows["AR windows"]["tau_vs_reference"] < 1.0
+    assert rows["AR windows"]["cpu_speedup"] == 1.0 and rows["AR, full list"]["cpu_speedup_vs_tau_reference"] == 1.0
+    assert rows["AR, full list"]["llm_passes"] == 30  # one window, 30 decode steps
     other = _run(["--dataset", "dl20", "--max-queries", "2", "--top", "30", "--method", "std"], tmp_path, "dl20")
     assert rerank_table.main([str(other), "--reference", str(ar)]) == 2
     assert "different inputs" in capsys.readouterr().err

@@ -4,9 +4,11 @@
 
 Each argument is an ``rsd-rerank --output`` folder. Per run, over the queries every run completed: NDCG@10
 and MAP over the full qrels (with a 95 % CI for NDCG@10 and a paired Wilcoxon p against the reference),
-Kendall τ of its reranked top ``--top`` against the reference's (how close to AR's ranking it gets), LLM
-passes, CPU and wall seconds per query, and the reference's time ÷ the run's (the speedup). The first-stage
-run is the first row. Markdown to stdout; ``--json`` writes the numbers too.
+Kendall τ of its reranked top ``--top`` against the τ reference's (how close to that AR ranking it gets;
+``--tau-reference``, default the reference: full-list tables compare quality with sliding-window AR and
+closeness with full-list AR), LLM passes, CPU and wall seconds per query, and the reference's time ÷ the
+run's (the speedup; with a separate τ reference, its time ÷ the run's too). The first-stage run is the first
+row. Markdown to stdout; ``--json`` writes the numbers too.
 """
 
 from __future__ import annotations
@@ -61,10 +63,14 @@ def tau_top(a: Sequence[str], b: Sequence[str], top: int) -> float:
 
 
 def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path: str | None = None,
-                top: int = 100) -> dict[str, Any]:
+                top: int = 100, tau_reference: str | Path | None = None) -> dict[str, Any]:
     """Rows of the comparison table (dicts of numbers), reference last."""
     ref_settings, ref = load_run(reference)
-    runs = [load_run(f) for f in folders if Path(f).resolve() != Path(reference).resolve()]
+    ref_path, tau_path = Path(reference).resolve(), Path(tau_reference or reference).resolve()
+    tau_settings, tau_ref = (ref_settings, ref) if tau_path == ref_path else load_run(tau_path)
+    runs = [load_run(f) for f in folders if Path(f).resolve() not in (ref_path, tau_path)]
+    if tau_path != ref_path:
+        runs.append((tau_settings, tau_ref))
     runs.append((ref_settings, ref))
     inputs = {s["input"] for s, _ in runs}
     if len(inputs) != 1:
@@ -91,6 +97,7 @@ def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path
                      "map": float(np.mean([scores[q]["MAP"] for q in judged]))})
     ref_cpu = np.mean([ref[q].cpu_ms for q in qids])
     ref_wall = np.mean([ref[q].wall_ms for q in qids])
+    tau_cpu = np.mean([tau_ref[q].cpu_ms for q in qids])
     for (settings, results), scores in zip(runs, per_run):
         ndcg = [scores[q]["NDCG@10"] for q in judged]
         cpu, wall = np.mean([results[q].cpu_ms for q in qids]), np.mean([results[q].wall_ms for q in qids])
@@ -98,31 +105,35 @@ def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path
             "label": label(settings), "method": settings["method"], "budget": settings["budget"],
             "ndcg10": mean_ci(ndcg), "map": float(np.mean([scores[q]["MAP"] for q in judged])),
             "p_vs_reference": paired_test(ndcg, [ref_scores[q]["NDCG@10"] for q in judged]),
-            "tau_vs_reference": float(np.mean([tau_top(ref[q].docids, results[q].docids, top) for q in qids])),
+            "tau_vs_reference": float(np.mean([tau_top(tau_ref[q].docids, results[q].docids, top) for q in qids])),
             "llm_passes": float(np.mean([results[q].llm_passes for q in qids])),
             "cpu_s": cpu / 1000, "wall_s": wall / 1000,
             "cpu_speedup": ref_cpu / cpu if cpu else None, "wall_speedup": ref_wall / wall if wall else None,
+            "cpu_speedup_vs_tau_reference": tau_cpu / cpu if cpu else None,
         })
     return {"input": name, "queries": len(qids), "judged": len(judged), "reference": label(ref_settings),
-            "top": top, "rows": rows}
+            "tau_reference": label(tau_settings), "top": top, "rows": rows}
 
 
 def markdown(table: dict[str, Any]) -> str:
-    ref = table["reference"]
+    ref, tau_ref = table["reference"], table.get("tau_reference", table["reference"])
+    both = tau_ref != ref  # a second time ratio: the τ reference's CPU time ÷ the method's
     out = [f"| {table['input']}, {table['queries']} queries | NDCG@10 (± 95 % CI) | p vs {ref} | MAP | "
-           f"τ vs {ref} (top {table['top']}) | LLM passes / query | CPU s / query | wall s / query | "
-           f"{ref} ÷ method: CPU / wall |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           f"τ vs {tau_ref} (top {table['top']}) | LLM passes / query | CPU s / query | wall s / query | "
+           f"{ref} ÷ method: CPU / wall |" + (f" {tau_ref} ÷ method: CPU |" if both else ""),
+           "|---|---|---|---|---|---|---|---|---|" + ("---|" if both else "")]
     for row in table["rows"]:
         ndcg = row["ndcg10"]
         cells = [row["label"], f"{ndcg['mean']:.4f} ± {(ndcg['ci_high'] - ndcg['ci_low']) / 2:.3f}"]
         if "tau_vs_reference" not in row:  # the first stage: no LLM
-            cells += ["", f"{row['map']:.4f}", "", "0", "–", "–", "–"]
+            cells += ["", f"{row['map']:.4f}", "", "0", "–", "–", "–"] + (["–"] if both else [])
         else:
             speed = f"{row['cpu_speedup']:.2f}× / {row['wall_speedup']:.2f}×" if row["cpu_speedup"] else "–"
             cells += [f"{row['p_vs_reference']:.2g}" if row["label"] != ref else "", f"{row['map']:.4f}",
                       f"{row['tau_vs_reference']:.3f}", f"{row['llm_passes']:.1f}", f"{row['cpu_s']:.1f}",
                       f"{row['wall_s']:.1f}", speed]
+            if both:
+                cells.append(f"{row['cpu_speedup_vs_tau_reference']:.2f}×")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -133,11 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="rsd-rerank output folders (one input)")
     ap.add_argument("--reference", required=True, help="the run to compare with (AR windows)")
     ap.add_argument("--qrels", help="TREC qrels (bundled datasets find their own)")
+    ap.add_argument("--tau-reference", help="the run τ is measured against (default --reference), e.g. "
+                    "full-list AR when --reference is AR windows")
     ap.add_argument("--top", type=int, default=100, help="depth of the τ comparison (default 100)")
     ap.add_argument("--json", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
     try:
-        table = build_table(args.runs, args.reference, args.qrels, args.top)
+        table = build_table(args.runs, args.reference, args.qrels, args.top, args.tau_reference)
     except (ValueError, OSError) as err:
         print(f"rerank_table: error: {err}", file=sys.stderr)
         return 2
