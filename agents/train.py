@@ -595,7 +595,7 @@ def train(config: TrainConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rsd-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML train config (see experiments/configs/train_*.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override a config key; dotted for nesting, e.g. env.budget=3 algo_kwargs.group_size=4")
     parser.add_argument("--wandb-mode", choices=WANDB_MODES, help="wandb mode (default: offline)")
     parser.add_argument("--wandb-project", help="wandb project name")

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--dataset", help="a dataset name (rsd_env.data.load_tasks), with --split")
     parser.add_argument("--split", default="test")
     parser.add_argument("--verifier", default="bundled", help="with --dataset (default: bundled)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override a training-config key (as rsd-train --set)")
     parser.add_argument("--max-tasks", type=int, default=None, help="only the first K tasks")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
