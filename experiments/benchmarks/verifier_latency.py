@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("tau_target_vs_presentation_order", tau_order, unit="tau", tasks=len(tasks))
     emit("tau_single_token_vs_target", tau_std, unit="tau", tasks=len(tasks))
 
-    # the passage-budget table
+    # the passage-budget table (N = 20 by default; at other N only with --budgets)
     rows: dict[int, tuple[float, float, list[np.ndarray]]] = {}
     for budget in sorted(budgets):
         v.passage_tokens = budget
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             prefill_b.append(v.stats.since(before).seconds.get("prefill", 0.0) * 1e3)
             tokens_b.append(len(v.prompt_ids(task)))
         rows[budget] = (statistics.mean(tokens_b), statistics.median(prefill_b), targets_b)
-    longest = max(rows)
+    longest = max(rows, default=None)
     for budget, (tokens_b, prefill_b, targets_b) in rows.items():
         agree = statistics.mean(kendall_tau(a, b) for a, b in zip(targets_b, rows[longest][2]))
         emit("passage_budget", budget, unit="tokens/passage", prompt_tokens=round(tokens_b),
