@@ -77,6 +77,24 @@ def test_env_mix_pools_the_tasks_of_several_datasets():
         make_train_env("RSDRankSim-v0", {"mix": ["synthetic"]})
 
 
+def test_the_full_list_config_trains_on_whole_dl20_top_100s_in_two_orders():
+    """The full-list agent's tasks: each DL20 query's BM25 top-100 once in BM25 order and once shuffled,
+    with distinct ids, N = 100, and never a DL19 query."""
+    from agents.train import train_env_config
+    from rsd_env.data.trec import load_bundled
+
+    config = load_train_config("experiments/configs/train_residual_full_list.yaml")
+    assert config.policy == "ResidualRankingPolicy" and config.env["n"] == 100
+    tasks = train_env_config(config.env_id, config.env)["tasks"]
+    dl20 = {q.qid: [h.docid for h in q.hits[:100]] for q in load_bundled("dl20")[0]}
+    dl19 = {q.qid for q in load_bundled("dl19")[0]}
+    assert len(tasks) == 2 * len(dl20) and len({t.task_id for t in tasks}) == len(tasks)
+    in_order = {t.task_id: [c.docid for c in t.candidates] for t in tasks if "#" not in t.task_id}
+    shuffled = {t.task_id.split("#")[0]: [c.docid for c in t.candidates] for t in tasks if "#" in t.task_id}
+    assert in_order == dl20 and not dl19 & set(in_order)
+    assert all(sorted(shuffled[q]) == sorted(dl20[q]) and shuffled[q] != dl20[q] for q in dl20)
+
+
 def test_the_residual_configs_select_the_residual_policy(tmp_path):
     from agents.residual import ResidualRankingPolicy
 
