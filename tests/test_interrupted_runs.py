@@ -181,15 +181,14 @@ def test_sigkill_releases_the_run_lock(tmp_path):
     """The lock dies with its holder: a killed run never blocks the next one."""
     code = ("import sys, time; from rsd_env.io import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-    try:
-        assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderBusy, match=f"pid {proc.pid}"):
-            FolderLock(tmp_path).acquire()
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    with subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "locked"
+            with pytest.raises(FolderBusy, match=f"pid {proc.pid}"):
+                FolderLock(tmp_path).acquire()
+        finally:
+            proc.send_signal(signal.SIGKILL)  # leaving the with block closes the pipe and waits
     FolderLock(tmp_path).acquire().release()
 
 
