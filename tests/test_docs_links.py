@@ -63,7 +63,8 @@ def broken_links(page: Path) -> list[str]:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(page: Path) -> None:
-    assert broken_links(page) == [], f"{page.relative_to(ROOT)}: fix or remove these links"
+    broken = broken_links(page)
+    assert not broken, f"{page.relative_to(ROOT)}: fix or remove these links: " + "; ".join(broken)
 
 
 def test_the_check_catches_a_missing_file_and_a_missing_heading(tmp_path: Path) -> None:
