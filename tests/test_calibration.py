@@ -1,13 +1,16 @@
 """The calibrated simulator profile: it is the default, it reproduces its recorded fit, old one by name."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
 
-from experiments.paper.calibrate_simulator import DEFAULT_CONFIG, measure
-from rsd_env.data import load_tasks
+from experiments.paper.calibrate_simulator import DEFAULT_CONFIG, measure, sim_tasks
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
 from rsd_env.verifiers.simulated import load_profiles, profile_params
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_calibrated_is_the_default_and_legacy_stays_available():
@@ -23,16 +26,21 @@ def test_calibrated_is_the_default_and_legacy_stays_available():
         SimulatedVerifier(cohesionn=1.0)
 
 
-def test_the_calibrated_profile_reproduces_its_recorded_fit():
-    """Re-measures every fitted statistic on the synthetic tasks: a change to the simulator, the
-    decoders or the profile that moves any of them shows up here."""
-    entry = load_profiles()["calibrated"]
+FITTED = [name for name, entry in load_profiles().items() if "fit" in entry]
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_every_fitted_profile_reproduces_its_recorded_fit(name):
+    """Re-measures every fitted statistic on the profile's own synthetic tasks (its config's ``sim``, e.g.
+    N = 100 for ``calibrated-full-list``): a change to the simulator, the decoders or the profile that
+    moves any of them shows up here."""
+    entry = load_profiles()[name]
     fit = entry["fit"]
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    sim = config["sim"]
-    tasks = load_tasks(sim["dataset"], sim["split"], count=sim["count"])
+    config_file = REPO / fit["config"] if "config" in fit else DEFAULT_CONFIG
+    config = yaml.safe_load(config_file.read_text())
+    assert config.get("profile", "calibrated") == name
     stats = [(m, int(t)) for m, t in config["stats"]]
-    got = measure(tasks, SimulatedVerifier(), stats, fit["env"])
+    got = measure(sim_tasks(config), SimulatedVerifier(name), stats, fit["env"])
     for key, value in fit["simulated_kendall_tau"].items():
         assert got[key] == pytest.approx(value, abs=1e-4), key
         assert abs(value - fit["real_kendall_tau"][key]) <= fit["tolerance"] + 1e-9, key

@@ -9,8 +9,9 @@ decode of the verified rows recovers. So the fit matches the mean Kendall tau (v
 of STD, SD and the heuristic decoder at the configured budgets, measured on the bundled real target on
 DL20 (never DL19, the test set), with the simulator on RSDRankSim-v0's own synthetic tasks. The search is
 Optuna's seeded TPE over the ranges in ``configs/calibrate.yaml`` (deterministic for a given config). The
-fitted parameters and both sides' statistics become the ``calibrated`` profile in
+fitted parameters and both sides' statistics become the config's ``profile`` (default ``calibrated``) in
 ``rsd_env/verifiers/profiles/simulated.yaml`` (written atomically; other profiles are kept).
+``configs/calibrate_full_list.yaml`` fits ``calibrated-full-list`` to the full-list target at N = 100.
 """
 
 from __future__ import annotations
@@ -57,9 +58,21 @@ def measure(tasks: list, verifier: Any, stats: list[Stat], env_config: dict[str,
     return out
 
 
+def real_tasks(config: dict[str, Any]) -> list:
+    """The real side's tasks: ``real.dataset``/``real.split`` with ``real.data`` options (e.g. ``n``)."""
+    real = config["real"]
+    return load_tasks(real["dataset"], real.get("split", "all"), **real.get("data", {}))
+
+
+def sim_tasks(config: dict[str, Any]) -> list:
+    """The simulated side's tasks: ``sim.count`` tasks of ``sim.dataset`` with ``sim.data`` options."""
+    sim = config["sim"]
+    return load_tasks(sim["dataset"], sim.get("split", "train"), count=sim.get("count", 256), **sim.get("data", {}))
+
+
 def real_stats(config: dict[str, Any], stats: list[Stat]) -> dict[str, Any]:
     real = config["real"]
-    tasks = load_tasks(real["dataset"], real.get("split", "all"))
+    tasks = real_tasks(config)
     verifier = make_verifier(real["verifier"], **real.get("verifier_kwargs", {}))
     start = time.perf_counter()
     values = measure(tasks, verifier, stats, config.get("env"), progress=True)
@@ -71,8 +84,7 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
     """Seeded TPE over the configured ranges, minimising the squared gaps to ``target``."""
     import optuna
 
-    sim = config["sim"]
-    tasks = load_tasks(sim["dataset"], sim.get("split", "train"), count=sim.get("count", 256))
+    tasks = sim_tasks(config)
     base = profile_params("legacy")
     space = config["search"]["space"]
     keys = [stat_key(s) for s in stats]
@@ -140,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.dry_run:
         profiles = load_profiles(args.profiles)
-        profiles["calibrated"] = {
+        name = str(config.get("profile", "calibrated"))
+        profiles[name] = {
             "description": (f"fitted by experiments/paper/calibrate_simulator.py to the {real['verifier']} target on "
                             f"{real['dataset']} ({real['tasks']} tasks), {trials} TPE trials"),
             "params": result["params"],
@@ -148,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                     "simulated_kendall_tau": {k: round(v, 4) for k, v in result["simulated"].items()},
                     "max_gap": round(result["max_gap"], 4), "tolerance": tol, "env": config.get("env") or {},
                     "sim_data": f"{config['sim']['dataset']} {config['sim'].get('split', 'train')} "
-                                f"x{result['sim_tasks']}"},
+                                f"x{result['sim_tasks']}",
+                    "config": Path(args.config).resolve().relative_to(CONFIGS.parent.parent).as_posix()
+                    if Path(args.config).resolve().is_relative_to(CONFIGS.parent.parent) else args.config},
         }
         header = "# Named parameter sets of the simulated verifier (rsd_env/verifiers/simulated.py).\n"
         write_text(args.profiles, header + yaml.safe_dump(profiles, sort_keys=False, width=110))
-        print(f"wrote the calibrated profile to {args.profiles}")
+        print(f"wrote the {name!r} profile to {args.profiles}")
     return 0 if result["max_gap"] <= tol else 1
 
 
