@@ -167,7 +167,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--passes", type=int, default=1, help="sliding-window passes over the list (default 1)")
     p.add_argument("--full-list", action="store_true",
                    help="rank the whole top-k in one prompt: one window of --top candidates (like --window "
-                        "<top> --stride <top>); the LLM's tokenizer must have that many single-token identifiers")
+                        "<top> --stride <top>); the LLM's tokenizer must have that many single-token identifiers. "
+                        "With --verifier bundled it uses the full-list adapter (adapter=bundled-full) unless "
+                        "--verifier-arg adapter=... says otherwise")
     p.add_argument("--verifier", default="bundled", help="bundled | simulated | hf:<model> | openai:<url>")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="verifier option (YAML value), repeatable: --verifier-arg passage_tokens=20")
@@ -183,6 +185,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-actors", type=int, help="actors, each with its own verifier (default: one per CPU)")
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (GPU verifiers)")
     return p.parse_args(argv)
+
+
+def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The verifier's options: ``--verifier-arg``s, plus the full-list adapter for ``--full-list`` on the
+    bundled model (the N = 20 adapter copies the order it is shown at N = 100; see docs/long-lists.md)."""
+    options = parse_assignments(args.verifier_arg, "--verifier-arg")
+    if args.full_list and args.verifier == "bundled":
+        from rsd_env.verifiers.hf_model import FULL_LIST_ADAPTER
+
+        options.setdefault("adapter", FULL_LIST_ADAPTER)
+    return options
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,7 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = trained_n(method)
     if n is not None and n != spec.window:
         raise ValueError(f"method {args.method!r} was trained for {n} candidates; use --window {n}")
-    verifier_kwargs = parse_assignments(args.verifier_arg, "--verifier-arg")
+    verifier_kwargs = verifier_options(args)
     verifier = make_verifier(args.verifier, **verifier_kwargs)
     reranker = SlidingWindowReranker(method, verifier, spec, args.budget, args.batch)
     if getattr(args, "ray", None):  # same interface, the queries spread over Ray actors

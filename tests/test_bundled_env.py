@@ -40,7 +40,7 @@ def test_bundled_without_its_adapter_warns_and_runs_the_base_model(monkeypatch, 
     options = {"passage_tokens": 16, "target_cache": False}
     adapted = verifiers.make_verifier("bundled", **options).first_token_scores(task)
     base = verifiers.make_verifier("bundled", adapter=None, **options).first_token_scores(task)
-    monkeypatch.setattr(hf, "bundled_adapter_dir", lambda: tmp_path)
+    monkeypatch.setattr(hf, "bundled_adapter_dir", lambda name="bundled": tmp_path)
     with pytest.warns(UserWarning, match="adapter for the bundled model is missing from this install"):
         broken = verifiers._load("bundled", dict(options))
     assert isinstance(broken, HFVerifier) and broken.adapter is None

@@ -329,7 +329,11 @@ def test_model_and_adapter_paths_fail_clearly(tmp_path: Path, monkeypatch: pytes
         hf.HFVerifier(adapter=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="adapter=None"):
         hf.HFVerifier(model="someorg/some-model")  # the bundled adapter is only for the bundled model
-    monkeypatch.setattr(hf, "bundled_adapter_dir", lambda: tmp_path / "not-installed")
+    with pytest.raises(ValueError, match="'bundled-full' adapter belongs to the bundled model"):
+        hf.HFVerifier(model="someorg/some-model", adapter="bundled-full")
+    with pytest.raises(ValueError, match=r"unknown bundled adapter 'full'; choose one of \['bundled', 'bun"):
+        hf.bundled_adapter_dir("full")
+    monkeypatch.setattr(hf, "bundled_adapter_dir", lambda name="bundled": tmp_path / "not-installed")
     with pytest.raises(FileNotFoundError, match="pass adapter=None"):
         hf.HFVerifier(model=BUNDLED_MODEL)
     with pytest.raises(ValueError, match="passage_tokens"):
@@ -377,5 +381,22 @@ def test_a_full_list_of_100_candidates(verifier: hf.HFVerifier) -> None:
         verification = verifier.verify(task, proposal)
         np.testing.assert_allclose(verification.logprobs, verifier.rows_without_cache(task, proposal), atol=ATOL)
         assert 1 <= len(verification.verified_prefix) <= 100
+    finally:
+        verifier.passage_tokens = old
+
+
+def test_the_full_list_adapter_ships_and_loads_by_name(verifier: hf.HFVerifier) -> None:
+    """adapter="bundled-full" merges the shipped full-list adapter (other weights than the N = 20 one, so
+    another model fingerprint and other scores) and scores a 100-candidate prompt."""
+    full = hf.HFVerifier(adapter=hf.FULL_LIST_ADAPTER, passage_tokens=4, target_cache=False)
+    assert full.adapter == str(hf.bundled_adapter_dir("bundled-full"))
+    assert full.fingerprint() != verifier.fingerprint()
+    task = load_tasks("dl19", "all", n=100, max_tasks=1)[0]
+    scores = full.first_token_scores(task)
+    assert scores.shape == (100,) and np.exp(scores).sum() == pytest.approx(1.0, abs=1e-6)
+    old = verifier.passage_tokens
+    try:
+        verifier.passage_tokens = 4
+        assert np.abs(scores - verifier.first_token_scores(task)).max() > 0.1
     finally:
         verifier.passage_tokens = old

@@ -376,3 +376,17 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
     assert label(settings) == "up-to-down heuristic, full list, T = 2"
     assert label({**settings, "method": "ar"}) == "AR, full list"
     assert label({**settings, "method": "ar", "window": 20}) == "AR windows"
+
+
+def test_full_list_mode_picks_the_full_list_adapter_of_the_bundled_model():
+    """--full-list on the bundled model uses the adapter trained on whole lists (the N = 20 one copies the
+    shown order at N = 100); an explicit adapter, sliding windows and other verifiers are left alone."""
+    def options(*argv: str) -> dict:
+        return cli.verifier_options(cli.parse_args(["--dataset", "dl19", *argv]))
+
+    assert options("--full-list") == {"adapter": "bundled-full"}
+    assert options("--full-list", "--verifier-arg", "adapter=bundled") == {"adapter": "bundled"}
+    assert options("--full-list", "--verifier-arg", "passage_tokens=16") == {"adapter": "bundled-full",
+                                                                            "passage_tokens": 16}
+    assert options() == {}
+    assert options("--full-list", "--verifier", "simulated") == {}

@@ -24,7 +24,7 @@ from experiments.adapter.data import MiniLMTeacher, reorder
 from rsd_env.data import load_tasks
 from rsd_env.data.task import RankingTask
 from rsd_env.io import write_text
-from rsd_env.verifiers.hf import DEFAULT_PASSAGE_TOKENS, bundled_adapter_dir
+from rsd_env.verifiers.hf import BUNDLED_ADAPTERS, DEFAULT_PASSAGE_TOKENS, bundled_adapter_dir
 
 SHIPPED_ADAPTER = bundled_adapter_dir()
 
@@ -128,17 +128,22 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def adapter_label(adapter: str | Path | None) -> str | None:
-    """How the metrics name the adapter: "bundled", its folder name, or None; never a path of this machine."""
+    """How the metrics name the adapter: a shipped one's name ("bundled", "bundled-full"), its folder name, or
+    None; never a path of this machine."""
     if adapter is None:
         return None
+    if str(adapter) in BUNDLED_ADAPTERS:
+        return str(adapter)
     path = Path(adapter).expanduser().resolve()
-    return "bundled" if path == SHIPPED_ADAPTER.resolve() else path.name
+    shipped = {bundled_adapter_dir(name).resolve(): name for name in BUNDLED_ADAPTERS}
+    return shipped.get(path, path.name)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="base model folder (default: the bundled Gemma 3 270M)")
-    p.add_argument("--adapter", default=str(SHIPPED_ADAPTER), help="adapter folder, or 'none' for the base")
+    p.add_argument("--adapter", default=str(SHIPPED_ADAPTER), help="adapter folder, a shipped adapter's name "
+                   f"({', '.join(BUNDLED_ADAPTERS)}), or 'none' for the base")
     p.add_argument("--device", default="cpu")
     p.add_argument("--passage-tokens", type=int, default=DEFAULT_PASSAGE_TOKENS)
     p.add_argument("--n", type=int, default=20, help="DL19 candidates per prompt: BM25's top n (default 20; "

@@ -34,6 +34,8 @@ from rsd_env.verifiers.hf_encoding import PromptEncoder
 from rsd_env.verifiers.hf_kv import EMPTY, KV, CacheLayout, Prefix, PromptStore, Request, TaskState, concat
 from rsd_env.verifiers.hf_model import (
     BUNDLED_ADAPTER,
+    BUNDLED_ADAPTERS,
+    FULL_LIST_ADAPTER,
     bundled_adapter_dir,
     load_model,
     model_digest,
@@ -49,8 +51,8 @@ from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS, check_passage_toke
 from rsd_env.verifiers.target_cache import TargetCache
 
 # names other modules import from here
-__all__ = ["HFVerifier", "BUNDLED_ADAPTER", "BUNDLED_MODEL", "DEFAULT_PASSAGE_TOKENS", "bundled_adapter_dir",
-           "full_forward_rows"]
+__all__ = ["HFVerifier", "BUNDLED_ADAPTER", "BUNDLED_ADAPTERS", "FULL_LIST_ADAPTER", "BUNDLED_MODEL",
+           "DEFAULT_PASSAGE_TOKENS", "bundled_adapter_dir", "full_forward_rows"]
 
 _CHECK_N = 20  # identifiers checked at load time (the project's N); other N are checked on first use
 
@@ -70,7 +72,8 @@ class HFVerifier(ReferencePaths, Verifier):
     """A transformers causal LM verifying whole rankings in one pass on cached prompt KV.
 
     ``model``: ``BUNDLED_MODEL`` (offline Gemma 3 270M), a local folder, or a hub name.
-    ``adapter``: ``"bundled"`` (the shipped ranking LoRA, merged at load), ``None`` (raw model), or a
+    ``adapter``: ``"bundled"`` (the shipped ranking LoRA, trained on 20 candidates, merged at load),
+    ``"bundled-full"`` (its second stage, trained on whole top-100 lists), ``None`` (raw model), or a
     peft adapter folder. ``target_cache``: True = ``cache_root()/targets``, a folder, or False.
     ``prompt_cache_mb`` caps the per-task prompt KV kept across calls (LRU over tasks);
     ``prefix_cache_mb`` caps each task's store of verified proposals used for prefix reuse.
@@ -107,7 +110,8 @@ class HFVerifier(ReferencePaths, Verifier):
         self.prefill_batch_tokens = prefill_batch_tokens
         self.dtype = resolve_dtype(dtype, self.device)
         source = resolve_model(self.model_name)
-        adapter_path = resolve_adapter(adapter, self.model_name, bundled_adapter_dir())
+        named = str(adapter) if str(adapter) in BUNDLED_ADAPTERS else BUNDLED_ADAPTER
+        adapter_path = resolve_adapter(adapter, self.model_name, bundled_adapter_dir(named))
         self.tokenizer, self.model = load_model(self.model_name, source, adapter_path, self.device, self.dtype)
         self.adapter = str(adapter_path) if adapter_path is not None else None
         self._decoder = self.model.get_decoder()

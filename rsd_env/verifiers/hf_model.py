@@ -19,11 +19,16 @@ import torch
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
 BUNDLED_ADAPTER = "bundled"
+FULL_LIST_ADAPTER = "bundled-full"
+# the shipped LoRA adapters of the bundled model, by the name a verifier spec uses for them
+BUNDLED_ADAPTERS = {BUNDLED_ADAPTER: "gemma3-270m-rank-lora", FULL_LIST_ADAPTER: "gemma3-270m-rank-lora-full"}
 
 
-def bundled_adapter_dir() -> Path:
-    """Where the shipped LoRA ranking adapter for the bundled model lives."""
-    return Path(str(resources.files("rsd_env.verifiers").joinpath("adapters", "gemma3-270m-rank-lora")))
+def bundled_adapter_dir(name: str = BUNDLED_ADAPTER) -> Path:
+    """Where a shipped LoRA ranking adapter of the bundled model lives (``"bundled"``: the N = 20 one)."""
+    if name not in BUNDLED_ADAPTERS:
+        raise ValueError(f"unknown bundled adapter {name!r}; choose one of {sorted(BUNDLED_ADAPTERS)}")
+    return Path(str(resources.files("rsd_env.verifiers").joinpath("adapters", BUNDLED_ADAPTERS[name])))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -53,28 +58,29 @@ def resolve_model(model: str) -> str:
 def resolve_adapter(adapter: str | Path | None, model: str, bundled: Path) -> Path | None:
     """The peft adapter folder to merge (None: the raw model), or a clear error.
 
-    ``bundled``: where the shipped adapter is installed (``bundled_adapter_dir()``), for ``"bundled"``.
+    ``bundled``: where the named shipped adapter is installed (``bundled_adapter_dir(name)``), for one of
+    ``BUNDLED_ADAPTERS`` (``"bundled"``, ``"bundled-full"``).
     """
     if adapter is None:
         return None
-    if str(adapter) == BUNDLED_ADAPTER:
+    if str(adapter) in BUNDLED_ADAPTERS:
         if model != BUNDLED_MODEL:
             raise ValueError(
-                f"the bundled adapter belongs to the bundled model {BUNDLED_MODEL!r}, not {model!r}; "
+                f"the {adapter!r} adapter belongs to the bundled model {BUNDLED_MODEL!r}, not {model!r}; "
                 "pass adapter=None (raw model) or the folder of an adapter trained for that model"
             )
         path = bundled
         if not (path / "adapter_config.json").exists():
             raise FileNotFoundError(
-                f"the bundled ranking adapter is not installed (expected {path}); pass adapter=None to use "
-                "the raw base model"
+                f"the {adapter!r} ranking adapter is not installed (expected {path}); reinstall rsd "
+                "(pip install -e .), or pass adapter=None to use the raw base model"
             )
         return path
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").exists():
         raise FileNotFoundError(
             f"no peft adapter at {path} (expected adapter_config.json there); pass a folder written by "
-            "PeftModel.save_pretrained, 'bundled', or None"
+            f"PeftModel.save_pretrained, one of {sorted(BUNDLED_ADAPTERS)}, or None"
         )
     return path
 
