@@ -1,5 +1,6 @@
 """The calibrated simulator profile: it is the default, it reproduces its recorded fit, old one by name."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import yaml
 
 from experiments.paper.calibrate_simulator import DEFAULT_CONFIG, measure, sim_tasks
+from experiments.paper.calibrate_simulator import main as calibrate_main
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
-from rsd_env.verifiers.simulated import load_profiles, profile_params
+from rsd_env.verifiers.simulated import PROFILES_FILE, load_profiles, profile_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,3 +50,24 @@ def test_every_fitted_profile_reproduces_its_recorded_fit(name):
     assert got["std@T=1"] < got["sd@T=1"] < got["sd@T=2"] < got["sd@T=3"]
     assert got["heuristic@T=2"] > got["sd@T=2"]
     assert np.isfinite(list(got.values())).all()
+
+
+def test_a_fit_outside_the_tolerance_writes_no_profile(tmp_path):
+    """A failed fit must not become a profile that RSDRankSim-v0 users (and the test above) would trust."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["sim"]["count"] = 8
+    config["stats"] = [["std", 1], ["heuristic", 1]]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    # an unreachable real target: STD far above the heuristic
+    real = {"verifier": "bundled", "dataset": "dl20", "tasks": 54, "env": config.get("env"),
+            "kendall_tau": {"std@T=1": 0.99, "heuristic@T=1": 0.10}}
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES_FILE.read_text())
+    before = profiles.read_text()
+    code = calibrate_main(["--config", str(tmp_path / "config.yaml"), "--real-stats", str(tmp_path / "real.json"),
+                           "--trials", "2", "--profiles", str(profiles), "--output", str(tmp_path / "out")])
+    assert code == 1
+    assert profiles.read_text() == before
+    fit = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert fit["max_gap"] > config["tolerance"]

@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:<16}{target[key]:>8.3f}{result['simulated'][key]:>11.3f}{gap:>+8.3f}{flag}")
     print(f"max gap {result['max_gap']:.4f} (tolerance {tol}); parameters {result['params']}")
 
-    if not args.dry_run:
+    if result["max_gap"] > tol and not args.dry_run:
+        print(f"not writing the profile: the fit misses the tolerance (results in {out / 'fit.json'}); widen "
+              "the config's search space or add trials (--trials), or pass --dry-run to only report")
+    elif not args.dry_run:
         profiles = load_profiles(args.profiles)
         name = str(config.get("profile", "calibrated"))
         profiles[name] = {
