@@ -57,9 +57,10 @@ def measure(tasks: list, verifier: Any, stats: list[Stat], env_config: dict[str,
                 ranker = make_method(method)
                 ranker.cold = False
                 start = time.perf_counter()
-                out[stat_key((method, t))] = summarize(rank_tasks(ranker, env))["kendall_tau"]
+                key = stat_key((method, t))
+                out[key] = summarize(rank_tasks(ranker, env))["kendall_tau"]
                 if progress:
-                    print(f"  {method} at T={t} on {len(tasks)} tasks: Kendall tau {out[stat_key((method, t))]:.4f} "
+                    print(f"  {method} at T={t} on {len(tasks)} tasks: Kendall tau {out[key]:.4f} "
                           f"({time.perf_counter() - start:.0f} s)", flush=True)
     return out
 
@@ -114,6 +115,12 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
     gaps = {k: got[k] - target[k] for k in keys}
     return {"params": params, "simulated": got, "gaps": gaps, "max_gap": max(abs(g) for g in gaps.values()),
             "trials": trials, "sim_tasks": len(tasks)}
+
+
+def repo_relative(path: str) -> str:
+    """``path`` relative to the repository (how a profile names its config), else as given."""
+    resolved, root = Path(path).resolve(), CONFIGS.parent.parent
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     "max_gap": round(result["max_gap"], 4), "tolerance": tol, "env": config.get("env") or {},
                     "sim_data": f"{config['sim']['dataset']} {config['sim'].get('split', 'train')} "
                                 f"x{result['sim_tasks']}",
-                    "config": Path(args.config).resolve().relative_to(CONFIGS.parent.parent).as_posix()
-                    if Path(args.config).resolve().is_relative_to(CONFIGS.parent.parent) else args.config},
+                    "config": repo_relative(args.config)},
         }
         header = "# Named parameter sets of the simulated verifier (rsd_env/verifiers/simulated.py).\n"
         write_text(args.profiles, header + yaml.safe_dump(profiles, sort_keys=False, width=110))

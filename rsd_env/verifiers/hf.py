@@ -110,8 +110,7 @@ class HFVerifier(ReferencePaths, Verifier):
         self.prefill_batch_tokens = prefill_batch_tokens
         self.dtype = resolve_dtype(dtype, self.device)
         source = resolve_model(self.model_name)
-        named = str(adapter) if str(adapter) in BUNDLED_ADAPTERS else BUNDLED_ADAPTER
-        adapter_path = resolve_adapter(adapter, self.model_name, bundled_adapter_dir(named))
+        adapter_path = resolve_adapter(adapter, self.model_name, bundled_adapter_dir)
         self.tokenizer, self.model = load_model(self.model_name, source, adapter_path, self.device, self.dtype)
         self.adapter = str(adapter_path) if adapter_path is not None else None
         self._decoder = self.model.get_decoder()

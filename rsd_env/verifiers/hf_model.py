@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -55,11 +55,12 @@ def resolve_model(model: str) -> str:
     return model  # a hub name
 
 
-def resolve_adapter(adapter: str | Path | None, model: str, bundled: Path) -> Path | None:
+def resolve_adapter(adapter: str | Path | None, model: str,
+                    bundled: Callable[[str], Path] = bundled_adapter_dir) -> Path | None:
     """The peft adapter folder to merge (None: the raw model), or a clear error.
 
-    ``bundled``: where the named shipped adapter is installed (``bundled_adapter_dir(name)``), for one of
-    ``BUNDLED_ADAPTERS`` (``"bundled"``, ``"bundled-full"``).
+    ``bundled``: where a shipped adapter named in ``BUNDLED_ADAPTERS`` is installed, by name (the caller's
+    ``bundled_adapter_dir``, so a test can point it elsewhere).
     """
     if adapter is None:
         return None
@@ -69,7 +70,7 @@ def resolve_adapter(adapter: str | Path | None, model: str, bundled: Path) -> Pa
                 f"the {adapter!r} adapter belongs to the bundled model {BUNDLED_MODEL!r}, not {model!r}; "
                 "pass adapter=None (raw model) or the folder of an adapter trained for that model"
             )
-        path = bundled
+        path = bundled(str(adapter))
         if not (path / "adapter_config.json").exists():
             raise FileNotFoundError(
                 f"the {adapter!r} ranking adapter is not installed (expected {path}); reinstall rsd "
