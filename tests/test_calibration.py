@@ -20,7 +20,7 @@ def test_calibrated_is_the_default_and_legacy_stays_available():
     assert make_verifier("simulated").profile == "calibrated"
     legacy = make_verifier({"kind": "simulated", "profile": "legacy"})
     assert legacy.params == {"seed": 0, "dim": 4, "label_weight": 1.0, "noise": 1.0, "cohesion": 1.5,
-                             "redundancy": 3.0, "temperature": 0.5}
+                             "redundancy": 3.0, "temperature": 0.5, "first_slot_noise": 0.0}
     assert SimulatedVerifier("legacy", seed=3).params["seed"] == 3
     with pytest.raises(ValueError, match="unknown simulator profile 'nope'"):
         SimulatedVerifier("nope")

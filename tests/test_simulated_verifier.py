@@ -41,6 +41,23 @@ def test_single_token_is_good_at_the_head_and_poor_at_the_tail(tasks):
     assert 0.5 < np.mean(taus) < 0.97  # AR differs from single-token, but they are related
 
 
+def test_first_slot_noise_blurs_the_single_token_scores_only(tasks):
+    plain, blurred = SimulatedVerifier(), SimulatedVerifier(first_slot_noise=3.0)
+    # at its default the term is left out of the fingerprint: targets cached before it existed stay valid
+    assert SimulatedVerifier(first_slot_noise=0).fingerprint() == plain.fingerprint()
+    assert "first_slot_noise=3.0" in blurred.fingerprint()
+    t = tasks[2]
+    a, b = plain.verify(t, np.arange(t.n)).logprobs, blurred.verify(t, np.arange(t.n)).logprobs
+    assert not np.allclose(a[0], b[0])
+    np.testing.assert_allclose(a[1:], b[1:])  # the slots after the first see only the prefix, as before
+    np.testing.assert_allclose(b[0], blurred.first_token_scores(t))
+    taus = {name: np.mean([kendall_tau(v.single_token_ranking(x), v.target_ranking(x)) for x in tasks])
+            for name, v in (("plain", plain), ("blurred", blurred))}
+    assert taus["blurred"] < taus["plain"] - 0.2
+    for x in tasks[:5]:  # the target is still a fixed point of verification
+        assert blurred.verify(x, blurred.target_ranking(x)).accepted == x.n
+
+
 def test_fast_target_equals_the_generic_verify_based_decoder(tasks):
     v = SimulatedVerifier()
     for t in tasks[:10]:

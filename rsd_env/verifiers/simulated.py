@@ -9,6 +9,13 @@ structure so that single-token ranking is right at the head and drifts at the ta
 with ``w_i = i / (N - 1)`` growing with the position. Quality follows the task's relevance labels
 (plus noise) where it has them. Everything is seeded by the task id: same task, same answers.
 
+Only the first answer slot (what single-token ranking reads, and the only slot that sees no prefix) adds
+``first_slot_noise`` times an item's own seeded noise: a long-list target's first-token scores separate
+the clearly relevant head but blur the rest, while its later slots still rank the tail by quality. At
+N = 100 the real full-list target is like that (STD far from AR, the up-to-down decoders close to it);
+without the term, STD can be far from AR only through a strong prefix context, which drags every
+decoder down with it. It defaults to 0 (the N = 20 profiles do not use it).
+
 The parameters come in named profiles (``profiles/simulated.yaml``): ``calibrated`` (the default) was
 fitted by ``experiments/paper/calibrate_simulator.py`` so that STD, SD and the hand-written decoder agree with
 their target as much as they do on the bundled real LLM; ``legacy`` is the hand-set profile used before,
@@ -38,6 +45,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 PROFILES_FILE = Path(__file__).with_name("profiles") / "simulated.yaml"
 DEFAULT_PROFILE = "calibrated"
 PARAMETERS = ("seed", "dim", "label_weight", "noise", "cohesion", "redundancy", "temperature")
+# parameters a profile may leave out, with the value that reproduces profiles written before they existed
+OPTIONAL_PARAMETERS: dict[str, float] = {"first_slot_noise": 0.0}
 
 
 def load_profiles(path: str | Path = PROFILES_FILE) -> dict[str, dict[str, Any]]:
@@ -57,7 +66,7 @@ def profile_params(profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
     if profile not in profiles:
         raise ValueError(f"unknown simulator profile {profile!r}; choose one of {sorted(profiles)} "
                          f"(defined in {PROFILES_FILE})")
-    return dict(profiles[profile]["params"])
+    return {**OPTIONAL_PARAMETERS, **profiles[profile]["params"]}
 
 
 class SimulatedVerifier(Verifier):
@@ -68,19 +77,21 @@ class SimulatedVerifier(Verifier):
 
     def __init__(self, profile: str = DEFAULT_PROFILE, **overrides: Any) -> None:
         super().__init__()
-        unknown = sorted(set(overrides) - set(PARAMETERS))
+        unknown = sorted(set(overrides) - set(PARAMETERS) - set(OPTIONAL_PARAMETERS))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for verifier 'simulated'; valid options: "
-                             f"{['profile', *PARAMETERS]}")
+                             f"{['profile', *PARAMETERS, *OPTIONAL_PARAMETERS]}")
         self.profile = profile
         self.params = {**profile_params(profile), **overrides}
         self.params["seed"], self.params["dim"] = int(self.params["seed"]), int(self.params["dim"])
         self._latent = lru_cache(maxsize=4096)(self._make_latent)
 
     def fingerprint(self) -> str:
-        return "simulated:" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        # an optional parameter at its default is left out: earlier profiles keep their cached targets
+        kept = {k: v for k, v in self.params.items() if OPTIONAL_PARAMETERS.get(k, object()) != v}
+        return "simulated:" + ",".join(f"{k}={v}" for k, v in sorted(kept.items()))
 
-    def _make_latent(self, task: RankingTask) -> tuple[np.ndarray, np.ndarray]:
+    def _make_latent(self, task: RankingTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = self.params
         digest = hashlib.sha256(f"{p['seed']}|{task.task_id}|{task.docids}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
@@ -89,7 +100,9 @@ class SimulatedVerifier(Verifier):
         quality = p["label_weight"] * grades + p["noise"] * rng.standard_normal(task.n)
         emb = rng.standard_normal((task.n, p["dim"]))
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        return quality, emb @ emb.T
+        # drawn last, so the quality and features above stay those of profiles without the term
+        first = quality + p["first_slot_noise"] * rng.standard_normal(task.n)
+        return quality, emb @ emb.T, first
 
     def _rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
         return self._rows_stacked([task], np.asarray(ranking)[None])[0]
@@ -98,8 +111,7 @@ class SimulatedVerifier(Verifier):
         """(k, m, m) rows for k tasks of m items each and their proposals (k, m), in one numpy pass."""
         p = self.params
         latents = [self._latent(task) for task in tasks]
-        quality = np.stack([q for q, _ in latents]) if len(tasks) > 1 else latents[0][0][None]  # (k, m)
-        sims = np.stack([s for _, s in latents]) if len(tasks) > 1 else latents[0][1][None]  # (k, m, m)
+        quality, sims, first = (np.stack(parts) for parts in zip(*latents))  # (k, m), (k, m, m), (k, m)
         k, m = rankings.shape
         placed = sims[np.arange(k)[:, None], rankings]  # (k, m, m): row i = sim of the i-th placed item
         # position i sees the item placed at i - 1 (cohesion) and the prefix's running max (redundancy)
@@ -108,14 +120,13 @@ class SimulatedVerifier(Verifier):
         context = p["cohesion"] * last - p["redundancy"] * np.clip(worst, 0.0, None)
         w = np.arange(1, m)[:, None] / max(m - 1, 1)
         logits = np.empty((k, m, m))
-        logits[:, 0] = quality
+        logits[:, 0] = first
         logits[:, 1:] = quality[:, None, :] + w * context
         return _log_softmax(logits / p["temperature"])
 
     def _first_token(self, task: RankingTask) -> np.ndarray:
         with self.timed("prefill", tokens=task.n):
-            quality, _ = self._latent(task)
-            return _log_softmax(quality / self.params["temperature"])
+            return _log_softmax(self._latent(task)[2] / self.params["temperature"])
 
     def _verify_rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
         with self.timed("verify", tokens=task.n):
