@@ -31,6 +31,9 @@ from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels,
 from rsd_env.settings import parse_assignments
 
 DEFAULT_METHOD = "shipped"  # the agent shipped in agents/pretrained (trained against the bundled LLM)
+# --full-list's default: the best decoder measured at N = 100 (the full-list agent does not beat it on DL19, and
+# the N = 20 agent cannot read 100 candidates); see docs/long-lists.md
+FULL_LIST_METHOD = "heuristic"
 MEASURES = {"ndcg_cut_10": "NDCG@10", "map": "MAP", "recall_100": "R@100"}
 
 
@@ -157,9 +160,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      "and qrels for --run")
     src.add_argument("--split", default="test", help="with --beir: the qrels/<split>.tsv to use (default test)")
     p.add_argument("--qrels", help="TREC qrels: print NDCG@10 / MAP / R@100 over the full qrels")
-    p.add_argument("--method", default=DEFAULT_METHOD,
-                   help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint> or "
-                        f"shipped (default {DEFAULT_METHOD})")
+    p.add_argument("--method",
+                   help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint>, shipped "
+                        "or shipped:residual-full-list (the agent trained at N = 100) "
+                        f"(default {DEFAULT_METHOD}; with --full-list {FULL_LIST_METHOD})")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20)")
@@ -184,7 +188,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "HOST:PORT (or auto), the cluster there. Same output files")
     p.add_argument("--ray-actors", type=int, help="actors, each with its own verifier (default: one per CPU)")
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (GPU verifiers)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.method is None:
+        args.method = FULL_LIST_METHOD if args.full_list else DEFAULT_METHOD
+    return args
 
 
 def verifier_options(args: argparse.Namespace) -> dict[str, Any]:

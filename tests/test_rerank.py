@@ -359,21 +359,28 @@ def test_comparison_table_against_the_reference_run(tmp_path, capsys):
 
 
 def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl19, tmp_path):
+    """Its default method is the heuristic (the N = 20 agent refuses a 100-candidate window); the agent
+    shipped for N = 100 runs there too."""
     queries, _ = dl19
-    out = _run(["--dataset", "dl19", "--max-queries", "3", "--full-list", "--method", "heuristic",
-                "--budget", "2"], tmp_path, "full")
-    results = {r.qid: r for r in read_rank_llm(out / "rerank.jsonl")}
-    settings = json.loads((out / "settings.json").read_text())
-    assert settings["window"] == settings["top"] == 100
-    for q in queries[:3]:
-        docids = [c.docid for c in results[q.qid].hits]
-        assert sorted(docids) == sorted(h.docid for h in q.hits) and len(docids) == 100
-        assert docids != [h.docid for h in q.hits]  # reranked, not the first-stage order
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["windows_per_query"] == 1.0 and summary["llm_passes_per_query"] == 3.0  # prefill + T = 2
+    runs = {m: _run(["--dataset", "dl19", "--max-queries", "3", "--full-list", *m, "--budget", "2"],
+                    tmp_path, "-".join(["full", *m]))
+            for m in ((), ("--method", "shipped:residual-full-list"))}
+    for out in runs.values():
+        results = {r.qid: r for r in read_rank_llm(out / "rerank.jsonl")}
+        settings = json.loads((out / "settings.json").read_text())
+        assert settings["window"] == settings["top"] == 100
+        for q in queries[:3]:
+            docids = [c.docid for c in results[q.qid].hits]
+            assert sorted(docids) == sorted(h.docid for h in q.hits) and len(docids) == 100
+            assert docids != [h.docid for h in q.hits]  # reranked, not the first-stage order
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["windows_per_query"] == 1.0 and summary["llm_passes_per_query"] == 3.0  # prefill + T = 2
     from experiments.paper.rerank_table import label
 
+    settings = json.loads((runs[()] / "settings.json").read_text())
+    assert settings["method"] == cli.FULL_LIST_METHOD == "heuristic"
     assert label(settings) == "up-to-down heuristic, full list, T = 2"
+    assert label({**settings, "method": "shipped:residual-full-list"}) == "shipped agent (N = 100), full list, T = 2"
     assert label({**settings, "method": "ar"}) == "AR, full list"
     assert label({**settings, "method": "ar", "window": 20}) == "AR windows"
 
@@ -390,3 +397,6 @@ def test_full_list_mode_picks_the_full_list_adapter_of_the_bundled_model():
                                                                             "passage_tokens": 16}
     assert options() == {}
     assert options("--full-list", "--verifier", "simulated") == {}
+    method = lambda *argv: cli.parse_args(["--dataset", "dl19", *argv]).method  # noqa: E731
+    assert (method(), method("--full-list")) == (cli.DEFAULT_METHOD, cli.FULL_LIST_METHOD)
+    assert method("--full-list", "--method", "std") == "std"

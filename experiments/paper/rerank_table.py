@@ -30,7 +30,8 @@ from rsd_env.data.trec import BUNDLED_TREC, load_bundled, read_qrels
 from rsd_env.metrics import kendall_tau
 
 LABELS = {"ar": "AR windows", "std": "STD (FIRST) windows", "sd": "SD", "heuristic": "up-to-down heuristic",
-          "stale-aware": "stale-aware decoder", "sd-decode": "SD + final decode", "shipped": "shipped agent"}
+          "stale-aware": "stale-aware decoder", "sd-decode": "SD + final decode", "shipped": "shipped agent",
+          "shipped:residual-full-list": "shipped agent (N = 100)"}
 
 
 def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, RerankResult]]:
