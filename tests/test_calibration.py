@@ -71,3 +71,19 @@ def test_a_fit_outside_the_tolerance_writes_no_profile(tmp_path):
     assert profiles.read_text() == before
     fit = json.loads((tmp_path / "out" / "fit.json").read_text())
     assert fit["max_gap"] > config["tolerance"]
+
+
+def test_the_approximate_full_list_profile_reproduces_its_recorded_fit():
+    """``full-list-approx`` missed the tolerance (so it is not a fitted profile), but it is the simulator of
+    the full-list target that recipes get screened on: its figures must stay what its entry says, with STD
+    far from AR and the up-to-down heuristic close, as on the real target at N = 100."""
+    entry = load_profiles()["full-list-approx"]
+    approx = entry["approx_fit"]
+    config = yaml.safe_load((REPO / approx["config"]).read_text())
+    stats = [(m, int(t)) for m, t in config["stats"]]
+    got = measure(sim_tasks(config), SimulatedVerifier("full-list-approx"), stats, approx["env"])
+    for key, value in approx["simulated_kendall_tau"].items():
+        assert got[key] == pytest.approx(value, abs=1e-4), key
+    gaps = [abs(got[k] - approx["real_kendall_tau"][k]) for k in got]
+    assert max(gaps) == pytest.approx(approx["max_gap"], abs=1e-4) and max(gaps) > approx["tolerance"]
+    assert got["std@T=1"] < 0.65 < 0.85 < got["heuristic@T=1"] < got["heuristic@T=2"]
