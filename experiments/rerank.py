@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agents.pretrained import FULL_LIST_AGENT
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
 from experiments.paper.evaluate import trained_n
@@ -162,7 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--qrels", help="TREC qrels: print NDCG@10 / MAP / R@100 over the full qrels")
     p.add_argument("--method",
                    help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint>, shipped "
-                        "or shipped:residual-full-list (the agent trained at N = 100) "
+                        f"or shipped:{FULL_LIST_AGENT} (the agent trained at N = 100) "
                         f"(default {DEFAULT_METHOD}; with --full-list {FULL_LIST_METHOD})")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")

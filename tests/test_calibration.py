@@ -31,20 +31,26 @@ def test_calibrated_is_the_default_and_legacy_stays_available():
 FITTED = [name for name, entry in load_profiles().items() if "fit" in entry]
 
 
+def _remeasure(name: str, fit: dict) -> tuple[dict, dict[str, float]]:
+    """(the fit's config, every statistic re-measured on the profile's own synthetic tasks), after checking
+    each equals the simulated value the fit recorded."""
+    config = yaml.safe_load((REPO / fit["config"] if "config" in fit else DEFAULT_CONFIG).read_text())
+    stats = [(m, int(t)) for m, t in config["stats"]]
+    got = measure(sim_tasks(config), SimulatedVerifier(name), stats, fit["env"])
+    for key, value in fit["simulated_kendall_tau"].items():
+        assert got[key] == pytest.approx(value, abs=1e-4), key
+    return config, got
+
+
 @pytest.mark.parametrize("name", FITTED)
 def test_every_fitted_profile_reproduces_its_recorded_fit(name):
     """Re-measures every fitted statistic on the profile's own synthetic tasks (its config's ``sim``, e.g.
     N = 100 for ``calibrated-full-list``): a change to the simulator, the decoders or the profile that
     moves any of them shows up here."""
-    entry = load_profiles()[name]
-    fit = entry["fit"]
-    config_file = REPO / fit["config"] if "config" in fit else DEFAULT_CONFIG
-    config = yaml.safe_load(config_file.read_text())
+    fit = load_profiles()[name]["fit"]
+    config, got = _remeasure(name, fit)
     assert config.get("profile", "calibrated") == name
-    stats = [(m, int(t)) for m, t in config["stats"]]
-    got = measure(sim_tasks(config), SimulatedVerifier(name), stats, fit["env"])
     for key, value in fit["simulated_kendall_tau"].items():
-        assert got[key] == pytest.approx(value, abs=1e-4), key
         assert abs(value - fit["real_kendall_tau"][key]) <= fit["tolerance"] + 1e-9, key
     # the profile poses the same problem as the real target: SD improves with T, and decoding helps
     assert got["std@T=1"] < got["sd@T=1"] < got["sd@T=2"] < got["sd@T=3"]
@@ -77,13 +83,8 @@ def test_the_approximate_full_list_profile_reproduces_its_recorded_fit():
     """``full-list-approx`` missed the tolerance (so it is not a fitted profile), but it is the simulator of
     the full-list target that recipes get screened on: its figures must stay what its entry says, with STD
     far from AR and the up-to-down heuristic close, as on the real target at N = 100."""
-    entry = load_profiles()["full-list-approx"]
-    approx = entry["approx_fit"]
-    config = yaml.safe_load((REPO / approx["config"]).read_text())
-    stats = [(m, int(t)) for m, t in config["stats"]]
-    got = measure(sim_tasks(config), SimulatedVerifier("full-list-approx"), stats, approx["env"])
-    for key, value in approx["simulated_kendall_tau"].items():
-        assert got[key] == pytest.approx(value, abs=1e-4), key
+    approx = load_profiles()["full-list-approx"]["approx_fit"]
+    _, got = _remeasure("full-list-approx", approx)
     gaps = [abs(got[k] - approx["real_kendall_tau"][k]) for k in got]
     assert max(gaps) == pytest.approx(approx["max_gap"], abs=1e-4) and max(gaps) > approx["tolerance"]
     assert got["std@T=1"] < 0.65 < 0.85 < got["heuristic@T=1"] < got["heuristic@T=2"]

@@ -14,9 +14,9 @@ __all__ = ["PRETRAINED", "DEFAULT_AGENT", "FULL_LIST_AGENT", "pretrained_path"]
 _HERE = Path(__file__).resolve().parent
 # name -> folder; the residual policy over the heuristic decoder, trained against the bundled LLM: at N = 20
 # (sliding windows, the N = 20 adapter) and at N = 100 (one prompt, the full-list adapter)
-PRETRAINED: dict[str, str] = {"residual-bundled": "residual_bundled", "residual-full-list": "residual_full_list"}
 DEFAULT_AGENT = "residual-bundled"
 FULL_LIST_AGENT = "residual-full-list"
+PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT: "residual_full_list"}
 
 
 def pretrained_path(name: str = DEFAULT_AGENT) -> Path:

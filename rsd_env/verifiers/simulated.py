@@ -111,7 +111,8 @@ class SimulatedVerifier(Verifier):
         """(k, m, m) rows for k tasks of m items each and their proposals (k, m), in one numpy pass."""
         p = self.params
         latents = [self._latent(task) for task in tasks]
-        quality, sims, first = (np.stack(parts) for parts in zip(*latents))  # (k, m), (k, m, m), (k, m)
+        # (k, m), (k, m, m), (k, m); one task (a single env's step) is a view, not a copy
+        quality, sims, first = (np.stack(parts) if len(parts) > 1 else parts[0][None] for parts in zip(*latents))
         k, m = rankings.shape
         placed = sims[np.arange(k)[:, None], rankings]  # (k, m, m): row i = sim of the i-th placed item
         # position i sees the item placed at i - 1 (cohesion) and the prefix's running max (redundancy)
