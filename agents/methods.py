@@ -300,12 +300,15 @@ def make_method(spec: str, **kwargs: Any) -> RankingMethod:
     """A method by name (``METHODS``: ``ar std sd heuristic stale-aware sd-decode random identity``),
     ``agent:<checkpoint path>``, or ``shipped`` (``shipped:<name>``): an agent shipped in ``agents.pretrained``.
 
-    ``deadline_ms`` (any method) enables anytime mode; for agents ``name`` and ``min_gain`` go to
-    ``AgentMethod`` and the other kwargs to ``load_agent`` (e.g. ``algorithm=``).
+    ``deadline_ms`` (any method) enables anytime mode; ``cold`` (any method, default True) drops the
+    verifier's per-task caches before each ranking (honest latency; False for agreement-only measurements and
+    deployed rerankers). For agents ``name`` and ``min_gain`` go to ``AgentMethod`` and the other kwargs to
+    ``load_agent`` (e.g. ``algorithm=``).
     """
     if not isinstance(spec, str):
         raise TypeError(f"method spec must be a string, got {type(spec).__name__}")
     deadline_ms = kwargs.pop("deadline_ms", None)
+    cold = kwargs.pop("cold", True)
     if spec == "shipped" or spec.startswith("shipped:"):  # an agent shipped in agents/pretrained
         from agents.pretrained import pretrained_path
 
@@ -323,6 +326,7 @@ def make_method(spec: str, **kwargs: Any) -> RankingMethod:
         raise ValueError(f"unknown method {spec!r}; choose one of {sorted(METHODS)}, 'agent:<checkpoint>' "
                          "or 'shipped'")
     method.deadline_ms = deadline_ms
+    method.cold = bool(cold)
     return method
 
 

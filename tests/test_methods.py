@@ -40,6 +40,13 @@ def test_every_method_returns_a_valid_ranking_with_its_costs():
             assert {"kendall_tau", "spearman_rho", "footrule", "kemeny", "ndcg@10"} <= set(r.info)
 
 
+def test_make_method_cold_option_reaches_every_kind_of_method():
+    """Cold (drop the verifier's caches per ranking) is the default; agreement-only callers ask for warm."""
+    for spec in ("sd", "heuristic", "shipped"):
+        assert make_method(spec).cold is True
+        assert make_method(spec, cold=False).cold is False
+
+
 def test_cost_accounting_matches_each_method():
     env = _env(budget=2)
     tid = _ids(env, 1)[0]

@@ -54,8 +54,7 @@ def measure(tasks: list, verifier: Any, stats: list[Stat], env_config: dict[str,
         env = RSDRankEnv({**(env_config or {}), "tasks": tasks, "verifier": verifier, "budget": budget})
         for method, t in stats:
             if t == budget:
-                ranker = make_method(method)
-                ranker.cold = False
+                ranker = make_method(method, cold=False)
                 start = time.perf_counter()
                 key = stat_key((method, t))
                 out[key] = summarize(rank_tasks(ranker, env))["kendall_tau"]
