@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rsd_env.data import load_tasks
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.verifiers import hf, make_verifier, prompts
 from rsd_env.verifiers.base import greedy_acceptance
-from rsd_env.verifiers.hf_model import peft_wrapping
+from rsd_env.verifiers.hf_model import model_digest, peft_wrapping
 from rsd_env.verifiers.model_store import BUNDLED_MODEL
 from rsd_env.verifiers.target_cache import TargetCache
 
@@ -421,3 +422,25 @@ def test_the_full_list_adapter_ships_and_loads_by_name(verifier: hf.HFVerifier) 
         assert np.abs(scores - verifier.first_token_scores(task)).max() > 0.1
     finally:
         verifier.passage_tokens = old
+
+
+def test_model_digest_names_the_model_not_the_folder_it_was_loaded_from(
+    verifier: hf.HFVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same converted model under another $RSD_CACHE keeps its digest (its cached targets and resumable
+    runs stay valid); another weight or dtype changes it."""
+    model = verifier.model
+    digest = model_digest(verifier.model_name, model, None, verifier.dtype)
+    monkeypatch.setattr(model.config, "_name_or_path", "/elsewhere/gemma-3-270m-q4_k_m-hf")
+    assert model_digest(verifier.model_name, model, None, verifier.dtype) == digest
+    assert model_digest(verifier.model_name, model, None, verifier.dtype) != model_digest(
+        verifier.model_name, model, None, torch.float16)
+    weight = next(model.parameters())
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.view(-1)[0] += 1.0
+        assert model_digest(verifier.model_name, model, None, verifier.dtype) != digest
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)

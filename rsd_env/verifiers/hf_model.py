@@ -7,6 +7,7 @@ before any weights are read, and so that the cache key of stored targets (the di
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,10 +154,17 @@ def file_digest(path: Path) -> str:
 
 
 def model_digest(name: str, model: Any, adapter_path: Path | None, dtype: torch.dtype) -> str:
-    """Model identity: name, config, a weight checksum (so merged adapters count), dtype."""
+    """Model identity: name, config, a weight checksum (so merged adapters count), dtype.
+
+    The config's ``_name_or_path`` (the folder it was loaded from) is left out: the same model converted
+    under another ``$RSD_CACHE`` or ``HOME`` is the same target, and its cached targets and resumable runs
+    stay valid.
+    """
     h = hashlib.sha256()
     h.update(name.encode())
-    h.update(model.config.to_json_string(use_diff=False).encode())
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    config.pop("_name_or_path", None)
+    h.update(json.dumps(config, sort_keys=True).encode())
     with torch.inference_mode():
         for pname, p in model.named_parameters():
             h.update(pname.encode())
