@@ -63,6 +63,13 @@ def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(config["commit_step"], bool):
         raise ValueError(f"commit_step must be True or False, got {config['commit_step']!r}")
     config["n"] = _integer(config["n"], "n", 2, "candidates per task")
+    if not isinstance(config["data"], dict):
+        raise ValueError(f"config 'data' must be a dict of load_tasks options (sampling, shuffle, path, ...), "
+                         f"got {config['data']!r}")
+    clash = sorted(set(config["data"]) & {"dataset", "split", "n", "seed"})
+    if clash:
+        raise ValueError(f"config 'data' sets {clash}: these are top-level config keys; write "
+                         f"config={{{clash[0]!r}: ...}}, not config={{'data': {{{clash[0]!r}: ...}}}}")
     if config["max_tasks"] is not None:
         config["max_tasks"] = _integer(config["max_tasks"], "max_tasks", 1, "or None for all tasks")
     if config["reward"] not in REWARDS:

@@ -23,6 +23,7 @@ from rsd_env.config import SIM_CONFIG, budget_range, resolve_config
 from rsd_env.data import RankingTask, load_tasks
 from rsd_env.data.task import check_unique_task_ids
 from rsd_env.metrics import agreement_batch, agreement_metrics_batch, ideal_dcg, ndcg_batch, positions_batch
+from rsd_env.render import ranking_frame
 from rsd_env.verifiers import Verification, Verifier, make_verifier
 from rsd_env.verifiers.base import episode_passes
 
@@ -108,13 +109,14 @@ class RSDRankEnv(gym.Env):
     documented there. ``RSDRank-v0`` uses the bundled LLM on TREC DL; ``RSDRankSim-v0`` the simulator.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
 
     def __init__(self, config: dict[str, Any] | None = None, render_mode: str | None = None) -> None:
         super().__init__()
         self.config = resolve_config(config)
         if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+            raise ValueError(f"render_mode must be None, 'ansi' (text) or 'rgb_array' (a heat map of the latest "
+                             f"verification), got {render_mode!r}")
         self.render_mode = render_mode
         self.n: int = self.config["n"]
         self.max_budget: int = self.config["max_budget"]
@@ -389,9 +391,25 @@ class RSDRankEnv(gym.Env):
             raise RuntimeError("call reset() first")
         return self._observation()
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi" or self.task is None:
+    def render(self) -> str | np.ndarray | None:
+        """``ansi``: the committed ranking as text; ``rgb_array``: ``rsd_env.render.ranking_frame``."""
+        if self.render_mode is None or self.task is None:
             return None
+        if self.render_mode == "rgb_array":
+            return self._render_frame()
+        return self._render_text()
+
+    def _render_frame(self) -> np.ndarray:
+        m = self.task.n
+        if self._latest is None:  # before the first round the LLM has only scored the first position
+            logprobs = np.full((m, m), np.nan)
+            logprobs[0] = self._first
+            shown = self._committed
+        else:
+            logprobs, shown = self._latest.logprobs, np.asarray(self._latest.ranking)
+        return ranking_frame(logprobs, shown, self._target, self._locked)
+
+    def _render_text(self) -> str:
         target_rank = {int(j): r + 1 for r, j in enumerate(self._target)}
         phase = "  commit step" if self._committing else ""
         lines = [f"task {self.task.task_id}  round {self._round}/{self.budget}{phase}  "

@@ -244,6 +244,42 @@ def test_reset_by_task_id_and_render():
         env.reset(options={"task_id": "nope"})
 
 
+def test_rgb_array_frames_show_what_the_llm_said():
+    """rgb_array (what SB3's make_vec_env and RecordVideo ask for): black until verified, the target green,
+    the verified prefix blue; once the target itself is verified every row's brightest item is its own."""
+    from agents.methods import order_to_action
+    from rsd_env.render import MAX_SIDE
+
+    env = RSDRankEnv({**SIM, "n": 12, "budget": 2, "data": {"count": 4}}, render_mode="rgb_array")
+    assert env.render() is None  # nothing to draw before reset
+    env.reset(seed=0)
+    cell = MAX_SIDE // 12
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.shape == (12 * cell, 13 * cell, 3)
+    cells = frame[cell // 2 :: cell, cell // 2 :: cell]  # one pixel per cell; column 0 is the stripe
+    green = (cells == (40, 200, 60)).all(axis=2)
+    assert green[:, 1:].sum(axis=1).tolist() == [1] * 12  # one target mark per position
+    assert cells[0, 1:][~green[0, 1:]].max() > 0  # the first-token row is known ...
+    assert cells[1:, 1:][~green[1:, 1:]].max() == 0  # ... the rest is not, before the first round
+    target = env.target(env.task)
+    env.step(order_to_action(target, 12))
+    cells = env.render()[cell // 2 :: cell, cell // 2 :: cell]
+    assert (cells[: env._locked, 0] == (40, 90, 220)).all() and env._locked > 0
+    assert np.diagonal((cells[:, 1:] == (40, 200, 60)).all(axis=2)).all()  # target = shown: on the diagonal
+
+
+def test_sb3_make_vec_env_and_gymnasium_check_env_with_rgb_array():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env("RSDRankSim-v0", n_envs=2, seed=0, env_kwargs={"config": SIM})  # rgb_array by default
+    assert venv.reset().keys() == venv.observation_space.spaces.keys()
+    assert venv.get_images()[0].ndim == 3
+    check_env(gym.make("RSDRankSim-v0", config=SIM, render_mode="rgb_array").unwrapped)
+    with pytest.raises(ValueError, match="'ansi' \\(text\\) or 'rgb_array'"):
+        RSDRankEnv(SIM, render_mode="human")
+
+
 @pytest.mark.parametrize(
     "config, message",
     [
@@ -258,6 +294,8 @@ def test_reset_by_task_id_and_render():
         ({"dataset": "nope"}, "unknown dataset"),
         ({"split": "dev"}, "unknown split"),
         ({"reward": "ndcg"}, "unknown reward"),
+        ({"data": {"n": 12}}, "config 'data' sets \\['n'\\]: these are top-level config keys"),
+        ({"data": [1]}, "config 'data' must be a dict"),
         ({"colour": "blue"}, "unknown config keys"),
         ({"n": 8, "dataset": "dl19", "split": "all", "verifier": "simulated", "data": {"sampling": "windows"}},
          None),
