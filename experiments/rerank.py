@@ -173,8 +173,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-list", action="store_true",
                    help="rank the whole top-k in one prompt: one window of --top candidates (like --window "
                         "<top> --stride <top>); the LLM's tokenizer must have that many single-token identifiers. "
-                        "With --verifier bundled it uses the full-list adapter (adapter=bundled-full) unless "
-                        "--verifier-arg adapter=... says otherwise")
+                        "With --verifier bundled, a window over 20 uses the shipped adapter trained for its length "
+                        "(bundled-40 up to 50, bundled-full beyond) unless --verifier-arg adapter=... says otherwise")
     p.add_argument("--verifier", default="bundled", help="bundled | simulated | hf:<model> | openai:<url>")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="verifier option (YAML value), repeatable: --verifier-arg passage_tokens=20")
@@ -196,13 +196,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The verifier's options: ``--verifier-arg``s, plus the full-list adapter for ``--full-list`` on the
-    bundled model (the N = 20 adapter copies the order it is shown at N = 100; see docs/long-lists.md)."""
+    """The verifier's options: ``--verifier-arg``s, plus, on the bundled model, the shipped adapter trained
+    for the window's length when it is over 20 (the N = 20 adapter copies the order it is shown in long
+    prompts; ``long_list_adapter`` and docs/long-lists.md say which is best at which length)."""
     options = parse_assignments(args.verifier_arg, "--verifier-arg")
-    if args.full_list and args.verifier == "bundled":
-        from rsd_env.verifiers.hf_model import FULL_LIST_ADAPTER
+    window = args.top if args.full_list else args.window
+    if args.verifier == "bundled" and window > 20:
+        from rsd_env.verifiers.hf_model import long_list_adapter
 
-        options.setdefault("adapter", FULL_LIST_ADAPTER)
+        options.setdefault("adapter", long_list_adapter(window))
     return options
 
 

@@ -407,15 +407,17 @@ def test_a_full_list_of_100_candidates(verifier: hf.HFVerifier) -> None:
         verifier.passage_tokens = old
 
 
-def test_the_full_list_adapter_ships_and_loads_by_name(verifier: hf.HFVerifier) -> None:
-    """adapter="bundled-full" merges the shipped full-list adapter (other weights than the N = 20 one, so
-    another model fingerprint and other scores) and scores a 100-candidate prompt."""
-    full = hf.HFVerifier(adapter=hf.FULL_LIST_ADAPTER, passage_tokens=4, target_cache=False)
-    assert full.adapter == str(hf.bundled_adapter_dir("bundled-full"))
-    assert full.fingerprint() != verifier.fingerprint()
-    task = load_tasks("dl19", "all", n=100, max_tasks=1)[0]
-    scores = full.first_token_scores(task)
-    assert scores.shape == (100,) and np.exp(scores).sum() == pytest.approx(1.0, abs=1e-6)
+@pytest.mark.parametrize("adapter, n", [(hf.FULL_LIST_ADAPTER, 100), (hf.LIST_40_ADAPTER, 40)])
+def test_the_long_list_adapters_ship_and_load_by_name(verifier: hf.HFVerifier, adapter: str, n: int) -> None:
+    """adapter="bundled-full" / "bundled-40" merge the shipped long-list adapters (other weights than the
+    N = 20 one, so another model fingerprint and other scores) and score a prompt of the N each was trained
+    for."""
+    long_list = hf.HFVerifier(adapter=adapter, passage_tokens=4, target_cache=False)
+    assert long_list.adapter == str(hf.bundled_adapter_dir(adapter))
+    assert long_list.fingerprint() != verifier.fingerprint()
+    task = load_tasks("dl19", "all", n=n, max_tasks=1)[0]
+    scores = long_list.first_token_scores(task)
+    assert scores.shape == (n,) and np.exp(scores).sum() == pytest.approx(1.0, abs=1e-6)
     old = verifier.passage_tokens
     try:
         verifier.passage_tokens = 4

@@ -383,15 +383,23 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
     assert label({**settings, "method": "shipped:residual-full-list"}) == "shipped agent (N = 100), full list, T = 2"
     assert label({**settings, "method": "ar"}) == "AR, full list"
     assert label({**settings, "method": "ar", "window": 20}) == "AR windows"
+    assert label({**settings, "method": "ar", "window": 40}) == "AR, windows of 40"
+    assert label({**settings, "window": 40}) == "up-to-down heuristic, windows of 40, T = 2"
 
 
-def test_full_list_mode_picks_the_full_list_adapter_of_the_bundled_model():
-    """--full-list on the bundled model uses the adapter trained on whole lists (the N = 20 one copies the
-    shown order at N = 100); an explicit adapter, sliding windows and other verifiers are left alone."""
+def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
+    """A window over 20 on the bundled model uses the adapter trained for such lengths (the N = 20 one copies
+    the shown order at N = 100): bundled-40 up to 50, bundled-full beyond; an explicit adapter, 20-windows
+    and other verifiers are left alone."""
     def options(*argv: str) -> dict:
         return cli.verifier_options(cli.parse_args(["--dataset", "dl19", *argv]))
 
     assert options("--full-list") == {"adapter": "bundled-full"}
+    assert options("--full-list", "--top", "40") == {"adapter": "bundled-40"}
+    assert options("--window", "40", "--stride", "30") == {"adapter": "bundled-40"}
+    assert options("--window", "50") == {"adapter": "bundled-40"}
+    assert options("--window", "51") == {"adapter": "bundled-full"}
+    assert options("--window", "40", "--verifier", "simulated") == {}
     assert options("--full-list", "--verifier-arg", "adapter=bundled") == {"adapter": "bundled"}
     assert options("--full-list", "--verifier-arg", "passage_tokens=16") == {"adapter": "bundled-full",
                                                                             "passage_tokens": 16}

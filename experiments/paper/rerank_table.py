@@ -46,11 +46,15 @@ def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, RerankResult
 
 
 def label(settings: dict[str, Any]) -> str:
-    """The row's name: method (and T); a run that ranked the whole top in one window says "full list"."""
+    """The row's name: method (and T); a run that ranked the whole top in one window says "full list", one
+    with windows of other than 20 candidates says how many."""
     method = settings["method"]
     name = LABELS.get(method, method)
-    if settings.get("window", 0) >= settings.get("top", 1):  # rsd-rerank --full-list
+    window = settings.get("window", 20)
+    if window >= settings.get("top", 1):  # rsd-rerank --full-list
         name = f"{name.removesuffix(' windows')}, full list"
+    elif window != 20:
+        name = f"{name.removesuffix(' windows')}, windows of {window}"
     return name if method in ("ar", "std") else f"{name}, T = {settings['budget']}"
 
 

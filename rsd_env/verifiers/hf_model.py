@@ -21,8 +21,10 @@ from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
 BUNDLED_ADAPTER = "bundled"
 FULL_LIST_ADAPTER = "bundled-full"
+LIST_40_ADAPTER = "bundled-40"
 # the shipped LoRA adapters of the bundled model, by the name a verifier spec uses for them
-BUNDLED_ADAPTERS = {BUNDLED_ADAPTER: "gemma3-270m-rank-lora", FULL_LIST_ADAPTER: "gemma3-270m-rank-lora-full"}
+BUNDLED_ADAPTERS = {BUNDLED_ADAPTER: "gemma3-270m-rank-lora", FULL_LIST_ADAPTER: "gemma3-270m-rank-lora-full",
+                    LIST_40_ADAPTER: "gemma3-270m-rank-lora-40"}
 
 
 def bundled_adapter_dir(name: str = BUNDLED_ADAPTER) -> Path:
@@ -30,6 +32,14 @@ def bundled_adapter_dir(name: str = BUNDLED_ADAPTER) -> Path:
     if name not in BUNDLED_ADAPTERS:
         raise ValueError(f"unknown bundled adapter {name!r}; choose one of {sorted(BUNDLED_ADAPTERS)}")
     return Path(str(resources.files("rsd_env.verifiers").joinpath("adapters", BUNDLED_ADAPTERS[name])))
+
+
+def long_list_adapter(n: int) -> str:
+    """The shipped adapter measured best for ``n`` candidates in one prompt (docs/long-lists.md): the N = 20
+    one up to 20 (it copies the shown order beyond), ``bundled-40`` up to 50, ``bundled-full`` beyond."""
+    if n <= 20:
+        return BUNDLED_ADAPTER
+    return LIST_40_ADAPTER if n <= 50 else FULL_LIST_ADAPTER
 
 
 def _looks_like_path(name: str) -> bool:
