@@ -167,7 +167,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"(default {DEFAULT_METHOD}; with --full-list {FULL_LIST_METHOD})")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
-    p.add_argument("--window", type=int, default=20, help="candidates per window (default 20)")
+    p.add_argument("--window", type=int, default=20, help="candidates per window (default 20; over 20 on the "
+                   "bundled model loads the adapter trained for that length, see --full-list)")
     p.add_argument("--stride", type=int, default=10, help="step between windows (default 10)")
     p.add_argument("--passes", type=int, default=1, help="sliding-window passes over the list (default 1)")
     p.add_argument("--full-list", action="store_true",
