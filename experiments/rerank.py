@@ -201,12 +201,19 @@ def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
     for the window's length when it is over 20 (the N = 20 adapter copies the order it is shown in long
     prompts; ``long_list_adapter`` and docs/long-lists.md say which is best at which length)."""
     options = parse_assignments(args.verifier_arg, "--verifier-arg")
-    window = args.top if args.full_list else args.window
-    if args.verifier == "bundled" and window > 20:
+    if args.verifier == "bundled":
         from rsd_env.verifiers.hf_model import long_list_adapter
 
-        options.setdefault("adapter", long_list_adapter(window))
+        adapter = long_list_adapter(window_spec(args).window)
+        if adapter is not None:
+            options.setdefault("adapter", adapter)
     return options
+
+
+def window_spec(args: argparse.Namespace) -> WindowSpec:
+    """The windows this command ranks (``--full-list``: one window of ``--top``); checks the settings."""
+    window, stride = (args.top, args.top) if args.full_list else (args.window, args.stride)
+    return WindowSpec(args.top, window, stride, args.passes)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,8 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     Everything that can be checked (inputs, method, verifier, budget, windows) is checked before the output
     folder is locked and touched, so a bad command leaves it as it was."""
-    window, stride = (args.top, args.top) if args.full_list else (args.window, args.stride)
-    spec = WindowSpec(args.top, window, stride, args.passes)  # bad window settings fail first
+    spec = window_spec(args)  # bad window settings fail first
     if args.max_queries is not None and args.max_queries < 1:
         raise ValueError(f"--max-queries must be >= 1, got {args.max_queries}")
     requests, qrels, name = load_requests(args)

@@ -34,11 +34,12 @@ def bundled_adapter_dir(name: str = BUNDLED_ADAPTER) -> Path:
     return Path(str(resources.files("rsd_env.verifiers").joinpath("adapters", BUNDLED_ADAPTERS[name])))
 
 
-def long_list_adapter(n: int) -> str:
-    """The shipped adapter measured best for ``n`` candidates in one prompt (docs/long-lists.md): the N = 20
-    one up to 20 (it copies the shown order beyond), ``bundled-40`` up to 50, ``bundled-full`` beyond."""
+def long_list_adapter(n: int) -> str | None:
+    """The shipped adapter measured best for ``n`` candidates in one prompt (docs/long-lists.md): None up to
+    20 (the default N = 20 adapter; it copies the shown order beyond), ``bundled-40`` up to 50,
+    ``bundled-full`` beyond."""
     if n <= 20:
-        return BUNDLED_ADAPTER
+        return None
     return LIST_40_ADAPTER if n <= 50 else FULL_LIST_ADAPTER
 
 
