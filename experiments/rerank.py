@@ -202,11 +202,9 @@ def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
     prompts; ``long_list_adapter`` and docs/long-lists.md say which is best at which length)."""
     options = parse_assignments(args.verifier_arg, "--verifier-arg")
     if args.verifier == "bundled":
-        from rsd_env.verifiers.hf_model import long_list_adapter
+        from rsd_env.verifiers.model_store import with_length_adapter
 
-        adapter = long_list_adapter(window_spec(args).window)
-        if adapter is not None:
-            options.setdefault("adapter", adapter)
+        options = with_length_adapter(options, window_spec(args).window)
     return options
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from rsd_env.verifiers.model_store import with_length_adapter
+
 DEFAULT_CONFIG: dict[str, Any] = {
     # data: any name accepted by rsd_env.data.load_tasks; "trec-dl" test = DL19, train = DL20
     "dataset": "trec-dl",
@@ -19,6 +21,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # the target LLM: "bundled" (Gemma 3 270M + listwise LoRA), "simulated", "hf:<name or path>",
     # "openai:<base url>", a dict {"kind": ..., **kwargs}, or a Verifier instance
     "verifier": "bundled",
+    # its options; on "bundled" with n > 20 and no "adapter" given, the shipped adapter for that length is
+    # added ("bundled-40" up to 50, "bundled-full" beyond: rsd_env.verifiers.model_store.long_list_adapter)
     "verifier_kwargs": {},
     # T: verification rounds per episode; an int, or [lo, hi] to draw T per episode from the env's seeded
     # RNG (training one agent for every budget); reset(options={"budget": t}) sets it for one episode
@@ -70,6 +74,11 @@ def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if clash:
         raise ValueError(f"config 'data' sets {clash}: these are top-level config keys; write "
                          f"config={{{clash[0]!r}: ...}}, not config={{'data': {{{clash[0]!r}: ...}}}}")
+    if not isinstance(config["verifier_kwargs"], dict):
+        raise ValueError(f"config 'verifier_kwargs' must be a dict of verifier options, got "
+                         f"{config['verifier_kwargs']!r}")
+    if config["verifier"] == "bundled":
+        config["verifier_kwargs"] = with_length_adapter(config["verifier_kwargs"], config["n"])
     if config["max_tasks"] is not None:
         config["max_tasks"] = _integer(config["max_tasks"], "max_tasks", 1, "or None for all tasks")
     if config["reward"] not in REWARDS:

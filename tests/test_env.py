@@ -297,6 +297,7 @@ def test_sb3_make_vec_env_and_gymnasium_check_env_with_rgb_array():
         ({"data": {"n": 12}}, "config 'data' sets \\['n'\\]: these are top-level config keys"),
         ({"data": [1]}, "config 'data' must be a dict"),
         ({"colour": "blue"}, "unknown config keys"),
+        ({"verifier_kwargs": [("seed", 1)]}, "'verifier_kwargs' must be a dict"),
         ({"n": 8, "dataset": "dl19", "split": "all", "verifier": "simulated", "data": {"sampling": "windows"}},
          None),
     ],
@@ -307,6 +308,28 @@ def test_bad_config_is_named(config, message):
         return
     with pytest.raises(ValueError, match=message):
         RSDRankEnv({**SIM, **config})
+
+
+@pytest.mark.parametrize(
+    "config, adapter",
+    [
+        ({"n": 20}, "unset"),
+        ({"n": 40}, "bundled-40"),
+        ({"n": 50}, "bundled-40"),
+        ({"n": 51}, "bundled-full"),
+        ({"n": 100}, "bundled-full"),
+        ({"n": 100, "verifier_kwargs": {"adapter": "bundled"}}, "bundled"),
+        ({"n": 100, "verifier_kwargs": {"adapter": None}}, None),
+        ({"n": 100, "verifier": "simulated"}, "unset"),
+    ],
+)
+def test_long_lists_on_the_bundled_model_get_the_adapter_for_their_length(config, adapter):
+    """gym.make("RSDRank-v0", config={"n": 40}) must not run the N = 20 adapter, which copies the shown order
+    in long prompts; an adapter the user names (None: the base model) is kept, other verifiers untouched."""
+    resolved = rsd_env.config.resolve_config(config)
+    assert resolved["verifier_kwargs"].get("adapter", "unset") == adapter
+    given = config.get("verifier_kwargs")
+    assert given is None or resolved["verifier_kwargs"] == given  # the caller's dict is neither changed nor replaced
 
 
 def test_bad_actions_are_named():

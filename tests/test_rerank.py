@@ -408,3 +408,16 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
     method = lambda *argv: cli.parse_args(["--dataset", "dl19", *argv]).method  # noqa: E731
     assert (method(), method("--full-list")) == (cli.DEFAULT_METHOD, cli.FULL_LIST_METHOD)
     assert method("--full-list", "--method", "std") == "std"
+
+
+def test_the_python_reranker_also_loads_the_adapter_for_its_window_length(monkeypatch):
+    """SlidingWindowReranker(verifier="bundled") with windows of 40 gets bundled-40, as rsd-rerank does."""
+    import agents.rerank as module
+
+    asked = []
+    monkeypatch.setattr(module, "make_verifier", lambda spec, **kw: asked.append((spec, kw)) or SimulatedVerifier())
+    for window in (20, 40, 100):
+        SlidingWindowReranker("heuristic", "bundled", WindowSpec(top=100, window=window, stride=min(window, 30)))
+    SlidingWindowReranker("heuristic", "simulated", WindowSpec(top=100, window=40, stride=30))
+    assert asked == [("bundled", {}), ("bundled", {"adapter": "bundled-40"}),
+                     ("bundled", {"adapter": "bundled-full"}), ("simulated", {})]

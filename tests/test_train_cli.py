@@ -105,3 +105,24 @@ def test_the_residual_configs_select_the_residual_policy(tmp_path):
                  "tasks_per_batch: 2, warm_start_timesteps: 12}", "total_timesteps=24", "eval_freq=0")
     assert main(argv) == 0
     assert isinstance(agents.load_agent(tmp_path / "r" / "model.zip").policy, ResidualRankingPolicy)
+
+
+def test_cache_targets_shards_cover_every_task_once(monkeypatch, capsys):
+    """``--shard I/M`` lets M processes fill one target cache side by side: together they ask for every
+    task's target exactly once; a malformed shard is a usage error that shows the expected form."""
+    import types
+
+    import experiments.paper.cache_targets as cache_targets
+    from rsd_env.data import synthetic_tasks
+
+    asked: list[str] = []
+    verifier = types.SimpleNamespace(target_ranking=lambda task: asked.append(task.task_id), clear_cache=lambda: None)
+    env = types.SimpleNamespace(tasks=synthetic_tasks(7, n=4), verifier=verifier)
+    monkeypatch.setattr(cache_targets, "_tasks_and_env", lambda args: env)
+    for shard in ("1/3", "2/3", "3/3"):
+        assert cache_targets.main(["--dataset", "synthetic", "--shard", shard]) == 0
+    assert sorted(asked) == sorted(t.task_id for t in env.tasks) and len(asked) == 7
+    for bad in ("0/2", "3/2", "two"):
+        with pytest.raises(SystemExit):
+            cache_targets.main(["--dataset", "synthetic", "--shard", bad])
+        assert "--shard" in capsys.readouterr().err

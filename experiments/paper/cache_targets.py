@@ -7,6 +7,9 @@ interrupted run keeps what it finished and a rerun skips it.
 
     python -m experiments.paper.cache_targets --config experiments/configs/train_residual_bundled.yaml
     python -m experiments.paper.cache_targets --dataset ml-100k --split test
+
+``--shard I/M`` takes every M-th task from the I-th (1-based), so M processes (one torch thread each) fill
+one cache side by side on an M-core machine.
 """
 
 from __future__ import annotations
@@ -40,10 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override a training-config key (as rsd-train --set)")
     parser.add_argument("--max-tasks", type=int, default=None, help="only the first K tasks")
+    parser.add_argument("--shard", default="1/1", metavar="I/M",
+                        help="every M-th task, starting at the I-th (1-based): run M of these side by side")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.max_tasks is not None and args.max_tasks < 1:
         parser.error(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    try:
+        shard, shards = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        parser.error(f"--shard takes I/M with integers, e.g. 1/2; got {args.shard!r}")
+    if not 1 <= shard <= shards:
+        parser.error(f"--shard I/M needs 1 <= I <= M, got {args.shard!r}")
     if args.threads is not None:
         import torch
 
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         env = _tasks_and_env(args)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    tasks = env.tasks[: args.max_tasks]
+    tasks = env.tasks[: args.max_tasks][shard - 1 :: shards]
     start = time.perf_counter()
     for task in tqdm(tasks, desc="targets", unit="task"):
         env.verifier.target_ranking(task)

@@ -11,36 +11,21 @@ import json
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
-
-BUNDLED_ADAPTER = "bundled"
-FULL_LIST_ADAPTER = "bundled-full"
-LIST_40_ADAPTER = "bundled-40"
-# the shipped LoRA adapters of the bundled model, by the name a verifier spec uses for them
-BUNDLED_ADAPTERS = {BUNDLED_ADAPTER: "gemma3-270m-rank-lora", FULL_LIST_ADAPTER: "gemma3-270m-rank-lora-full",
-                    LIST_40_ADAPTER: "gemma3-270m-rank-lora-40"}
-
-
-def bundled_adapter_dir(name: str = BUNDLED_ADAPTER) -> Path:
-    """Where a shipped LoRA ranking adapter of the bundled model lives (``"bundled"``: the N = 20 one)."""
-    if name not in BUNDLED_ADAPTERS:
-        raise ValueError(f"unknown bundled adapter {name!r}; choose one of {sorted(BUNDLED_ADAPTERS)}")
-    return Path(str(resources.files("rsd_env.verifiers").joinpath("adapters", BUNDLED_ADAPTERS[name])))
-
-
-def long_list_adapter(n: int) -> str | None:
-    """The shipped adapter measured best for ``n`` candidates in one prompt (docs/long-lists.md): None up to
-    20 (the default N = 20 adapter; it copies the shown order beyond), ``bundled-40`` up to 50,
-    ``bundled-full`` beyond."""
-    if n <= 20:
-        return None
-    return LIST_40_ADAPTER if n <= 50 else FULL_LIST_ADAPTER
+from rsd_env.verifiers.model_store import (  # noqa: F401  (re-exported: the adapters are part of the model choice)
+    BUNDLED_ADAPTER,
+    BUNDLED_ADAPTERS,
+    BUNDLED_MODEL,
+    FULL_LIST_ADAPTER,
+    LIST_40_ADAPTER,
+    bundled_adapter_dir,
+    bundled_model_dir,
+    long_list_adapter,
+)
 
 
 def _looks_like_path(name: str) -> bool:

