@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from agents.episode import Episode
 from agents.methods import RankingMethod, make_method
+from agents.pretrained import default_method
 from rsd_env.config import DEFAULT_CONFIG
 from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.data.trec import QueryHits
@@ -355,11 +356,14 @@ class SlidingWindowReranker:
         bar.update(1)
 
 
-def rerank(requests: Sequence[QueryHits], method: RankingMethod | str = "shipped", budget: int = 2,
+def rerank(requests: Sequence[QueryHits], method: RankingMethod | str | None = None, budget: int = 2,
            verifier: Verifier | Any = "bundled", top: int = 100, window: int = 20, stride: int = 10,
            passes: int = 1, batch: int = 16, qrels: Mapping[str, Mapping[str, int]] | None = None,
            progress: bool = False) -> list[RerankResult]:
     """Rerank first-stage results (``rsd_env.data.trec.read_rank_llm`` / ``read_trec_run``) in sliding
-    windows; the Python face of ``rsd-rerank``."""
+    windows; the Python face of ``rsd-rerank``. ``method`` None: the one ``rsd-rerank`` picks for the window
+    length (``agents.pretrained.default_method``)."""
+    if method is None:
+        method = default_method(top if window >= top else window)
     reranker = SlidingWindowReranker(method, verifier, WindowSpec(top, window, stride, passes), budget, batch)
     return reranker.rerank(requests, qrels=qrels, progress=progress)

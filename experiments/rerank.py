@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.pretrained import FULL_LIST_AGENT
+from agents.pretrained import FULL_LIST_AGENT, LIST_40_AGENT, RECOMMENDED, default_method
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
 from experiments.paper.evaluate import trained_n
@@ -31,10 +31,6 @@ from rsd_env.data.beir import beir_run
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
 from rsd_env.settings import parse_assignments
 
-DEFAULT_METHOD = "shipped"  # the agent shipped in agents/pretrained (trained against the bundled LLM)
-# --full-list's default: the best decoder measured at N = 100 (the full-list agent does not beat it on DL19, and
-# the N = 20 agent cannot read 100 candidates); see docs/long-lists.md
-FULL_LIST_METHOD = "heuristic"
 MEASURES = {"ndcg_cut_10": "NDCG@10", "map": "MAP", "recall_100": "R@100"}
 
 
@@ -162,9 +158,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     src.add_argument("--split", default="test", help="with --beir: the qrels/<split>.tsv to use (default test)")
     p.add_argument("--qrels", help="TREC qrels: print NDCG@10 / MAP / R@100 over the full qrels")
     p.add_argument("--method",
-                   help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint>, shipped "
-                        f"or shipped:{FULL_LIST_AGENT} (the agent trained at N = 100) "
-                        f"(default {DEFAULT_METHOD}; with --full-list {FULL_LIST_METHOD})")
+                   help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint>, shipped, "
+                        f"shipped:{LIST_40_AGENT} or shipped:{FULL_LIST_AGENT} (the agents trained at N = 40 and "
+                        "100). Default: by window length, the shipped agent trained for it where it beats the "
+                        f"best decoder ({', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}), else "
+                        f"{default_method(0)} (the full-list agent does not; docs/long-lists.md)")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20; over 20 on the "
@@ -192,7 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (GPU verifiers)")
     args = p.parse_args(argv)
     if args.method is None:
-        args.method = FULL_LIST_METHOD if args.full_list else DEFAULT_METHOD
+        args.method = default_method(args.top if args.full_list else args.window)
     return args
 
 

@@ -45,15 +45,19 @@ def test_the_shipped_agent_beats_sd_on_dl19_at_t1():
     assert (tau >= tau_sd - 1e-9).sum() >= 5  # and not by luck on one query
 
 
-def test_the_full_list_agent_ranks_100_candidates_on_the_simulator():
+@pytest.mark.parametrize("name, n", [("residual-full-list", 100), ("residual-40", 40)])
+def test_the_long_list_agents_rank_their_length_on_the_simulator(name, n):
     import gymnasium as gym
 
     import rsd_env
 
-    method = make_method("shipped:residual-full-list")
-    env = gym.make("RSDRankSim-v0", config={**rsd_env.SIM_CONFIG, "n": 100, "data": {"count": 3}, "budget": 1})
+    method = make_method(f"shipped:{name}")
+    env = gym.make("RSDRankSim-v0", config={**rsd_env.SIM_CONFIG, "n": n, "data": {"count": 3}, "budget": 1})
     results = rank_tasks(method, env.unwrapped)
-    assert all(sorted(r.ranking.tolist()) == list(range(100)) for r in results)
+    assert all(sorted(r.ranking.tolist()) == list(range(n)) for r in results)
+    with pytest.raises(ValueError, match=f"{n}"):  # another length is refused, not silently misread
+        other = gym.make("RSDRankSim-v0", config={**rsd_env.SIM_CONFIG, "n": 20, "data": {"count": 1}})
+        rank_tasks(method, other.unwrapped)
 
 
 @pytest.mark.llm
@@ -67,3 +71,17 @@ def test_the_full_list_agent_beats_std_on_dl19_top100_at_t1():
     ours = np.array([r.info["kendall_tau"] for r in rank_tasks(make_method("shipped:residual-full-list"), env)])
     std = np.array([r.info["kendall_tau"] for r in rank_tasks(make_method("std"), env)])
     assert (ours > std + 0.1).all(), (ours, std)
+
+
+@pytest.mark.llm
+def test_the_n40_agent_beats_std_and_keeps_up_with_the_heuristic_on_dl19_top40():
+    """DL19's BM25 top-40 in one prompt on the 40-candidate target (the env picks bundled-40 for n = 40): STD
+    is far from AR there (tau ~0.75), the agent recovers most of it in one verification, as the heuristic it
+    refines does (it beats it by ~0.004 over 129 windows, too little to assert on two)."""
+    import gymnasium as gym
+
+    env = gym.make("RSDRank-v0", config={"n": 40, "max_tasks": 2, "budget": 1}).unwrapped
+    taus = {m: np.array([r.info["kendall_tau"] for r in rank_tasks(make_method(spec), env)])
+            for m, spec in (("agent", "shipped:residual-40"), ("std", "std"), ("heuristic", "heuristic"))}
+    assert (taus["agent"] > taus["std"] + 0.1).all(), taus
+    assert taus["agent"].mean() >= taus["heuristic"].mean() - 0.02, taus

@@ -378,13 +378,15 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
     from experiments.paper.rerank_table import label
 
     settings = json.loads((runs[()] / "settings.json").read_text())
-    assert settings["method"] == cli.FULL_LIST_METHOD == "heuristic"
+    assert settings["method"] == "heuristic"
     assert label(settings) == "up-to-down heuristic, full list, T = 2"
     assert label({**settings, "method": "shipped:residual-full-list"}) == "shipped agent (N = 100), full list, T = 2"
     assert label({**settings, "method": "ar"}) == "AR, full list"
     assert label({**settings, "method": "ar", "window": 20}) == "AR windows"
     assert label({**settings, "method": "ar", "window": 40}) == "AR, windows of 40"
     assert label({**settings, "window": 40}) == "up-to-down heuristic, windows of 40, T = 2"
+    agent_40 = {**settings, "window": 40, "method": "shipped:residual-40"}
+    assert label(agent_40) == "shipped agent (N = 40), windows of 40, T = 2"
 
 
 def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
@@ -405,9 +407,22 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
                                                                             "passage_tokens": 16}
     assert options() == {}
     assert options("--full-list", "--verifier", "simulated") == {}
+
+
+def test_the_default_method_follows_the_window_length(dl19):
+    """Without --method: the shipped agent trained for the window's length where one beats the heuristic
+    (20 and 40 candidates), else the heuristic (the full-list agent does not beat it); rerank() agrees."""
     method = lambda *argv: cli.parse_args(["--dataset", "dl19", *argv]).method  # noqa: E731
-    assert (method(), method("--full-list")) == (cli.DEFAULT_METHOD, cli.FULL_LIST_METHOD)
+    assert method() == "shipped"
+    assert method("--window", "40", "--stride", "30") == method("--full-list", "--top", "40") == "shipped:residual-40"
+    assert method("--full-list") == method("--window", "30") == "heuristic"
     assert method("--full-list", "--method", "std") == "std"
+    queries, _ = dl19
+    windows = {"verifier": "simulated", "top": 40, "window": 40, "stride": 40}
+    [default] = rerank(queries[:1], **windows)
+    [named] = rerank(queries[:1], "shipped:residual-40", **windows)
+    [heuristic] = rerank(queries[:1], "heuristic", **windows)
+    assert default.docids == named.docids != heuristic.docids
 
 
 def test_the_python_reranker_also_loads_the_adapter_for_its_window_length(monkeypatch):

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PRETRAINED", "DEFAULT_AGENT", "FULL_LIST_AGENT", "pretrained_path"]
+__all__ = ["PRETRAINED", "DEFAULT_AGENT", "FULL_LIST_AGENT", "LIST_40_AGENT", "RECOMMENDED", "default_method",
+           "pretrained_path"]
 
 _HERE = Path(__file__).resolve().parent
 # name -> folder; the residual policy over the heuristic decoder, trained against the bundled LLM: at N = 20
-# (sliding windows, the N = 20 adapter) and at N = 100 (one prompt, the full-list adapter)
+# (sliding windows, the N = 20 adapter), at N = 40 (windows of 40, bundled-40) and at N = 100 (one prompt,
+# the full-list adapter)
 DEFAULT_AGENT = "residual-bundled"
 FULL_LIST_AGENT = "residual-full-list"
-PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT: "residual_full_list"}
+LIST_40_AGENT = "residual-40"
+PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT: "residual_full_list",
+                              LIST_40_AGENT: "residual_n40"}
+# window length -> the method to run when none is named: the shipped agent for that length where it beats the
+# best hand-written decoder on DL19 (held out), else that decoder. The full-list agent does not (its card).
+RECOMMENDED: dict[int, str] = {20: "shipped", 40: f"shipped:{LIST_40_AGENT}"}
+FALLBACK_METHOD = "heuristic"
+
+
+def default_method(window: int) -> str:
+    """What ``rsd-rerank`` and ``agents.rerank.rerank`` run on windows of ``window`` candidates by default."""
+    return RECOMMENDED.get(window, FALLBACK_METHOD)
 
 
 def pretrained_path(name: str = DEFAULT_AGENT) -> Path:
