@@ -135,8 +135,10 @@ def markdown_tables(cells: Sequence[dict[str, Any]], datasets: Sequence[str], me
         if not mine:
             continue
         quality = [q for q in QUALITY if any(c.get(q) is not None for c in mine)]
+        by_query = any(c.get("p_value_by_query") is not None for c in mine)
         head = ["T", "Method", "τ (95 % CI)", *quality, "LLM passes", "tokens", "ms / ranking", "speedup vs AR",
                 "decode ms", "decode speedup", "Δτ vs the decoder to beat", "p (Wilcoxon)"]
+        head += [f"p, {max(c.get('queries', 0) for c in mine)} queries"] if by_query else []
         out += ["", f"**{d}**: quality, cost and significance ({mine[0]['tasks']} tasks; ★ = the decoder to "
                 "beat: the strongest hand-written decoder at that T, which the paired test compares against)", "",
                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -148,9 +150,14 @@ def markdown_tables(cells: Sequence[dict[str, Any]], datasets: Sequence[str], me
                     _times(c.get("speedup_vs_ar")), _fmt(c.get("decode_ms"), 1),
                     _times(c.get("decode_speedup_vs_ar")),
                     "" if delta is None else f"{delta:+.1f} % vs {c['vs_baseline']}",
-                    "" if c.get("p_value") is None else f"{c['p_value']:.3g}"]
+                    _fmt_p(c.get("p_value"))]
+            line += [_fmt_p(c.get("p_value_by_query"))] if by_query else []
             out.append("| " + " | ".join(line) + " |")
     return "\n".join(out) + "\n"
+
+
+def _fmt_p(p: float | None) -> str:
+    return "" if p is None else f"{p:.3g}"
 
 
 def _improvement_table(cells: Sequence[dict[str, Any]], datasets: Sequence[str],

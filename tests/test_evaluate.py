@@ -211,3 +211,34 @@ def test_decoder_to_beat_and_relative_improvement_by_hand():
     # best of STD and SD per metric: tau 0.6, rho 0.6, footrule 40, kemeny 10
     expected = 100 * np.mean([(0.7 - 0.6) / 0.6, (0.7 - 0.6) / 0.6, (40 - 30) / 40, (10 - 8) / 10])
     assert cells["heuristic"]["rel_improvement_pct"] == pytest.approx(expected)
+
+
+def test_windows_of_one_query_are_also_tested_as_one_query(tmp_path):
+    """Tasks cut from one query (windows) are not independent: the cells add a paired test over queries,
+    each query's windows averaged first, and the table shows it; one task per query needs none."""
+    from experiments.paper.stats import grouped_paired_test, paired_test
+
+    specs = {"dl19-w": {"dataset": "dl19", "split": "all", "sampling": "windows", "stride": 40},
+             "dl19": {"dataset": "dl19", "split": "all"}}
+    cfg = config(tmp_path, methods=["std", "sd", "heuristic"], datasets=["dl19-w", "dl19"], budgets=[1],
+                 dataset_specs=specs, max_tasks=12)
+    results = run_evaluation(cfg, progress=False)
+    windows = [r for r in results["tasks"] if r["dataset"] == "dl19-w"]
+    assert {r["task_id"].split("@")[0] for r in windows} == {r["group"] for r in windows}
+    by = {(c["dataset"], c["method"]): c for c in results["cells"]}
+    sd, heuristic = (sorted((r for r in windows if r["method"] == m), key=lambda r: r["task_id"])
+                     for m in ("sd", "heuristic"))
+    assert by["dl19-w", "sd"]["queries"] == len({r["group"] for r in sd}) == 4 < len(sd) == 12
+    assert by["dl19-w", "sd"]["p_value_by_query"] == grouped_paired_test(
+        [r["kendall_tau"] for r in sd], [r["kendall_tau"] for r in heuristic], [r["group"] for r in sd])[0]
+    assert "p_value_by_query" not in by["dl19", "sd"]
+    table = (Path(cfg.output) / "table.md").read_text()
+    assert "p, 4 queries" in table and table.count("p, 4 queries") == 1
+
+    # by hand: three copies of each of five pairs are five pieces of evidence, not fifteen
+    a, b = [0.9, 0.8, 0.7, 0.95, 0.85], [0.8, 0.75, 0.6, 0.9, 0.7]
+    p_five = paired_test(a, b)
+    assert grouped_paired_test(a * 3, b * 3, list("vwxyz") * 3) == (pytest.approx(p_five), 5)
+    assert paired_test(a * 3, b * 3) < p_five
+    with pytest.raises(ValueError, match="one group per task pair"):
+        grouped_paired_test(a, b, ["q"])

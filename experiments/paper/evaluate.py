@@ -9,9 +9,11 @@ Per cell (dataset, method, T): Kendall tau / Spearman rho / Footrule / Kemeny vs
 95 % CI over tasks), NDCG@10 vs qrels (IR), HR@1 / NDCG@5 of the held-out item (recommendation), LLM
 passes, tokens, latency per ranking and speedup vs AR, and a paired Wilcoxon test of Kendall tau against
 *the decoder to beat*: the strongest hand-written decoder (``decoders``, highest mean Kendall tau) at the
-same T. Plus the paper's summary: the mean relative improvement over the best of STD and SD across Kendall
-tau, Spearman rho, Footrule and Kemeny (for the distances, improvement = reduction). Writes results.json,
-results.csv, table.md, runs/*.trec and plots.
+same T (where a dataset cuts several tasks from one query, e.g. windows, also over queries, each query's
+tasks averaged first: the tasks of one query are not independent evidence). Plus the paper's summary:
+the mean relative improvement over the best of STD and SD across Kendall tau, Spearman rho, Footrule and
+Kemeny (for the distances, improvement = reduction). Writes results.json, results.csv, table.md,
+runs/*.trec and plots.
 
 Latency, LLM passes and tokens per ranking = the task's prompt prefill (measured once per task, the same
 for every method) + the method's own cost without any prefill it triggered itself, so the order in which
@@ -44,7 +46,7 @@ import rsd_env  # noqa: F401  (registers the envs)
 from agents.stopping import adaptive_rule
 from experiments import CONFIGS, report
 from experiments.paper.run_folder import RunFolder
-from experiments.paper.stats import mean_ci, paired_test
+from experiments.paper.stats import grouped_paired_test, mean_ci, paired_test
 from rsd_env.env import RSDRankEnv
 from rsd_env.metrics import agreement_metrics, ndcg_at_k
 from rsd_env.settings import apply_dotted, parse_assignments
@@ -223,7 +225,7 @@ def run_dataset(envs: dict[int, RSDRankEnv], entries: Sequence[MethodEntry], dat
                 latency_ms, passes, tokens = prefill.charge(result, cost)
                 records.append({
                     "dataset": dataset, "method": entry.label, "budget": None if entry.budget_free else budget,
-                    "task_id": task.task_id, **agreement_metrics(ranking, target),
+                    "task_id": task.task_id, "group": task.group, **agreement_metrics(ranking, target),
                     "docids": [task.candidates[j].docid for j in ranking],
                     "llm_passes": passes, "tokens": tokens, "wall_ms": float(result.wall_ms),
                     "latency_ms": latency_ms, "decode_ms": latency_ms - prefill.ms,
@@ -325,6 +327,9 @@ def _compare(cells, groups, cfg: EvalConfig, labels: Sequence[str]) -> None:
         base_mean = float(np.mean(b))
         cell["delta_tau_pct"] = 100.0 * (np.mean(a) - base_mean) / abs(base_mean) if base_mean else None
         cell["p_value"] = paired_test(a, b)
+        queries = [r.get("group", r["task_id"]) for r in mine]
+        if len(set(queries)) < len(queries):  # several tasks per query (windows): also test over queries
+            cell["p_value_by_query"], cell["queries"] = grouped_paired_test(a, b, queries)
 
 
 def run_evaluation(cfg: EvalConfig, factory: Callable[..., Any] | None = None, progress: bool = True,

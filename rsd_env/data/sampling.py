@@ -18,7 +18,7 @@ def _task(q: QueryHits, suffix: str, hits: Sequence[Candidate], qrels, rng, shuf
     if shuffle:
         hits = [hits[k] for k in rng.permutation(len(hits))]
     return RankingTask(task_id=f"{q.qid}{suffix}", domain="ir", candidates=tuple(hits), query=q.query,
-                       qrels=qrels.get(q.qid) if qrels is not None else None)
+                       qrels=qrels.get(q.qid) if qrels is not None else None, query_id=q.qid)
 
 
 def ir_tasks(

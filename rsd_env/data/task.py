@@ -34,6 +34,8 @@ class RankingTask:
     history: tuple[str, ...] = ()  # rec: watched titles, oldest first
     qrels: Mapping[str, int] | None = field(default=None, hash=False, compare=False)
     held_out: str | None = None  # rec: docid of the true next item
+    # the query several tasks were cut from (windows, random draws): paired tests count it once
+    query_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.candidates:
@@ -47,6 +49,11 @@ class RankingTask:
     def __hash__(self) -> int:
         # tasks key every per-task cache; hashing all candidates' texts dominated a simulated env step
         return hash(self.task_id)
+
+    @property
+    def group(self) -> str:
+        """The unit of independent evidence: the source query when the task is one of its windows or draws."""
+        return self.query_id or self.task_id
 
     @property
     def n(self) -> int:
