@@ -364,6 +364,6 @@ def rerank(requests: Sequence[QueryHits], method: RankingMethod | str | None = N
     windows; the Python face of ``rsd-rerank``. ``method`` None: the one ``rsd-rerank`` picks for the window
     length (``agents.pretrained.default_method``)."""
     if method is None:
-        method = default_method(top if window >= top else window)
+        method = default_method(window)  # windows are envs of this width (shorter ones padded)
     reranker = SlidingWindowReranker(method, verifier, WindowSpec(top, window, stride, passes), budget, batch)
     return reranker.rerank(requests, qrels=qrels, progress=progress)

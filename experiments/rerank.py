@@ -190,7 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (GPU verifiers)")
     args = p.parse_args(argv)
     if args.method is None:
-        args.method = default_method(args.top if args.full_list else args.window)
+        args.method = default_method(args.top if args.full_list else args.window)  # the env's width
     return args
 
 

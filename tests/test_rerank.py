@@ -416,6 +416,7 @@ def test_the_default_method_follows_the_window_length(dl19):
     assert method() == "shipped"
     assert method("--window", "40", "--stride", "30") == method("--full-list", "--top", "40") == "shipped:residual-40"
     assert method("--full-list") == method("--window", "30") == "heuristic"
+    assert method("--window", "40", "--top", "20", "--stride", "10") == "shipped:residual-40"  # padded to 40
     assert method("--full-list", "--method", "std") == "std"
     queries, _ = dl19
     windows = {"verifier": "simulated", "top": 40, "window": 40, "stride": 40}
