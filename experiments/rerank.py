@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.pretrained import FULL_LIST_AGENT, LIST_40_AGENT, RECOMMENDED, default_method
+from agents.pretrained import FALLBACK_METHOD, FULL_LIST_AGENT, LIST_40_AGENT, RECOMMENDED, default_method
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
 from experiments.paper.evaluate import trained_n
@@ -162,7 +162,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"shipped:{LIST_40_AGENT} or shipped:{FULL_LIST_AGENT} (the agents trained at N = 40 and "
                         "100). Default: by window length, the shipped agent trained for it where it beats the "
                         f"best decoder ({', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}), else "
-                        f"{default_method(0)} (the full-list agent does not; docs/long-lists.md)")
+                        f"{FALLBACK_METHOD} (the full-list agent does not; docs/long-lists.md)")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20; over 20 on the "
@@ -190,7 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (GPU verifiers)")
     args = p.parse_args(argv)
     if args.method is None:
-        args.method = default_method(args.top if args.full_list else args.window)  # the env's width
+        args.method = default_method(_window_and_stride(args)[0])  # by the windows' (the envs') width
     return args
 
 
@@ -206,10 +206,14 @@ def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _window_and_stride(args: argparse.Namespace) -> tuple[int, int]:
+    """(window, stride) as given; ``--full-list`` is one window of ``--top``."""
+    return (args.top, args.top) if args.full_list else (args.window, args.stride)
+
+
 def window_spec(args: argparse.Namespace) -> WindowSpec:
     """The windows this command ranks (``--full-list``: one window of ``--top``); checks the settings."""
-    window, stride = (args.top, args.top) if args.full_list else (args.window, args.stride)
-    return WindowSpec(args.top, window, stride, args.passes)
+    return WindowSpec(args.top, *_window_and_stride(args), args.passes)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

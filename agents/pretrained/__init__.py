@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PRETRAINED", "DEFAULT_AGENT", "FULL_LIST_AGENT", "LIST_40_AGENT", "RECOMMENDED", "default_method",
-           "pretrained_path"]
+__all__ = ["PRETRAINED", "DEFAULT_AGENT", "FULL_LIST_AGENT", "LIST_40_AGENT", "RECOMMENDED", "FALLBACK_METHOD",
+           "default_method", "pretrained_path"]
 
 _HERE = Path(__file__).resolve().parent
 # name -> folder; the residual policy over the heuristic decoder, trained against the bundled LLM: at N = 20
