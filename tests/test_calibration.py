@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.paper.calibrate_simulator import DEFAULT_CONFIG, measure, sim_tasks
+from experiments.paper.calibrate_simulator import DEFAULT_CONFIG, measure, real_verifier_options, sim_tasks
 from experiments.paper.calibrate_simulator import main as calibrate_main
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
 from rsd_env.verifiers.simulated import PROFILES_FILE, load_profiles, profile_params
@@ -88,3 +88,18 @@ def test_the_approximate_full_list_profile_reproduces_its_recorded_fit():
     gaps = [abs(got[k] - approx["real_kendall_tau"][k]) for k in got]
     assert max(gaps) == pytest.approx(approx["max_gap"], abs=1e-4) and max(gaps) > approx["tolerance"]
     assert got["std@T=1"] < 0.65 < 0.85 < got["heuristic@T=1"] < got["heuristic@T=2"]
+
+
+def test_the_real_side_gets_the_bundled_adapter_for_its_prompt_length():
+    """A long-list calibration config that only sets ``n`` must fit the target the env gives at that ``n``
+    (bundled-40 / bundled-full), not the N = 20 adapter, which copies the shown order in long prompts."""
+    def options(real: dict, env: dict | None = None) -> dict:
+        return real_verifier_options({"real": {"verifier": "bundled", **real}, "env": env})
+
+    assert options({"data": {"n": 40}}) == {"adapter": "bundled-40"}
+    assert options({"verifier_kwargs": {"prompt_cache_mb": 64}}, {"n": 100}) == {"prompt_cache_mb": 64,
+                                                                                  "adapter": "bundled-full"}
+    assert options({"data": {"n": 40}, "verifier_kwargs": {"adapter": "bundled-full"}}) == {"adapter": "bundled-full"}
+    assert options({"data": {"n": 40}, "verifier_kwargs": {"adapter": None}}) == {"adapter": None}
+    assert options({}) == {}
+    assert real_verifier_options({"real": {"verifier": "simulated", "data": {"n": 40}}}) == {}

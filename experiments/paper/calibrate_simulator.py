@@ -31,6 +31,7 @@ from rsd_env.data import load_tasks
 from rsd_env.env import RSDRankEnv
 from rsd_env.io import write_text
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
+from rsd_env.verifiers.model_store import with_length_adapter
 from rsd_env.verifiers.simulated import PROFILES_FILE, load_profiles, profile_params
 
 DEFAULT_CONFIG = CONFIGS / "calibrate.yaml"
@@ -76,10 +77,22 @@ def sim_tasks(config: dict[str, Any]) -> list:
     return load_tasks(sim["dataset"], sim.get("split", "train"), count=sim.get("count", 256), **sim.get("data", {}))
 
 
+def real_verifier_options(config: dict[str, Any]) -> dict[str, Any]:
+    """``real.verifier_kwargs``, with the bundled model's shipped adapter for the prompt's length unless they
+    name one: the env does the same, so a config that only sets ``n`` fits the target users get at that ``n``
+    (not the N = 20 adapter, which copies the shown order in long prompts)."""
+    real = config["real"]
+    options = dict(real.get("verifier_kwargs") or {})
+    if real["verifier"] != "bundled":
+        return options
+    n = (real.get("data") or {}).get("n") or (config.get("env") or {}).get("n") or 20
+    return with_length_adapter(options, int(n))
+
+
 def real_stats(config: dict[str, Any], stats: list[Stat]) -> dict[str, Any]:
     real = config["real"]
     tasks = real_tasks(config)
-    verifier = make_verifier(real["verifier"], **real.get("verifier_kwargs", {}))
+    verifier = make_verifier(real["verifier"], **real_verifier_options(config))
     start = time.perf_counter()
     values = measure(tasks, verifier, stats, config.get("env"), progress=True)
     return {"verifier": real["verifier"], "dataset": real["dataset"], "tasks": len(tasks), "env": config.get("env"),
