@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.paper.calibrate_simulator import DEFAULT_CONFIG, measure, real_verifier_options, sim_tasks
+from experiments.paper.calibrate_simulator import (
+    DEFAULT_CONFIG,
+    OBJECTIVES,
+    fit,
+    measure,
+    real_verifier_options,
+    sim_tasks,
+)
 from experiments.paper.calibrate_simulator import main as calibrate_main
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
 from rsd_env.verifiers.simulated import PROFILES_FILE, load_profiles, profile_params
@@ -103,3 +110,15 @@ def test_the_real_side_gets_the_bundled_adapter_for_its_prompt_length():
     assert options({"data": {"n": 40}, "verifier_kwargs": {"adapter": None}}) == {"adapter": None}
     assert options({}) == {}
     assert real_verifier_options({"real": {"verifier": "simulated", "data": {"n": 40}}}) == {}
+
+
+def test_the_max_gap_objective_prefers_the_fit_the_tolerance_accepts():
+    """Sum of squares can prefer one statistic just outside the tolerance to several inside it; ``max_gap``
+    ranks fits the way the tolerance check does. An unknown objective is a clear error, not a silent default."""
+    outside, inside = [0.011, 0.0, 0.0], [0.008, -0.008, 0.008]
+    assert OBJECTIVES["squares"](outside) < OBJECTIVES["squares"](inside)
+    assert OBJECTIVES["max_gap"](inside) < OBJECTIVES["max_gap"](outside)
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["search"]["objective"] = "median"
+    with pytest.raises(ValueError, match=r"unknown search.objective 'median'.*choose one of \['max_gap', 'squares'\]"):
+        fit(config, [("std", 1)], {"std@T=1": 0.9}, trials=1)
