@@ -1,5 +1,8 @@
 """The agents shipped in agents/pretrained: they load from the package and earn their place on the real target."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,14 +23,10 @@ def test_every_shipped_agent_has_its_weights_config_and_card():
         pretrained_path("nope")
 
 
-
 def test_every_shipped_config_is_the_recipe_its_card_names():
     """A shipped ``config.yaml`` is what reproduces the weights; its card points users at the recipe in
     experiments/configs. The two must not drift apart (an edit to one alone would make the card's command
     train a different agent from the one shipped)."""
-    import re
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parent.parent
     for name in PRETRAINED:
         folder = pretrained_path(name).parent
@@ -37,6 +36,7 @@ def test_every_shipped_config_is_the_recipe_its_card_names():
         recipe = repo / recipes.pop()
         assert recipe.read_text(encoding="utf-8") == (folder / "config.yaml").read_text(encoding="utf-8"), (
             f"{name}: {folder / 'config.yaml'} differs from {recipe}; copy the recipe that trained the weights")
+
 
 def test_the_shipped_agent_is_the_default_of_make_method_and_reads_the_observation():
     import gymnasium as gym

@@ -27,6 +27,7 @@ import yaml
 
 from agents.methods import make_method, rank_tasks, summarize
 from experiments import CONFIGS
+from rsd_env.config import DEFAULT_CONFIG as ENV_DEFAULTS
 from rsd_env.data import load_tasks
 from rsd_env.env import RSDRankEnv
 from rsd_env.io import write_text
@@ -85,7 +86,7 @@ def real_verifier_options(config: dict[str, Any]) -> dict[str, Any]:
     options = dict(real.get("verifier_kwargs") or {})
     if real["verifier"] != "bundled":
         return options
-    n = (real.get("data") or {}).get("n") or (config.get("env") or {}).get("n") or 20
+    n = (real.get("data") or {}).get("n") or (config.get("env") or {}).get("n") or ENV_DEFAULTS["n"]
     return with_length_adapter(options, int(n))
 
 
