@@ -260,12 +260,37 @@ class AgentMethod(RankingMethod):
 
     ``min_gain``: adaptive budget — a ``ValueHead`` stop rule: skip the remaining rounds once the policy's
     value head (``expected_gain``, trained by RPO) predicts less agreement gain than this.
+
+    An env with another budget or a larger N than the agent's training gets the agent's policy rebuilt for
+    its spaces (``agents.resize``) when the policy's weights are size-agnostic (the residual policies);
+    ``n`` is the N it was trained for and ``resize_problem(n)`` says why it cannot rank ``n`` (None: it can).
     """
 
     def __init__(self, agent: Any, name: str = "agent", min_gain: float | None = None) -> None:
         self.agent = agent
         self.name = name
+        self.policy = agent.policy  # the policy for the env being ranked (see ``start``)
+        self._resized: dict[tuple, Any] = {}
         self.min_gain = min_gain
+
+    @property
+    def n(self) -> int:
+        from agents.resize import policy_n
+
+        return policy_n(self.agent.policy)
+
+    def resize_problem(self, n: int) -> str | None:
+        from agents.resize import resize_problem
+
+        return resize_problem(self.agent.policy, n)
+
+    def start(self, env, task):
+        from agents.resize import resized_policy
+
+        key = tuple((name, space.shape) for name, space in env.observation_space.spaces.items())
+        if key not in self._resized:
+            self._resized[key] = resized_policy(self.agent, env.observation_space, env.action_space)
+        self.policy = self._resized[key]
 
     @property
     def min_gain(self) -> float | None:
@@ -278,12 +303,12 @@ class AgentMethod(RankingMethod):
         if value is not None and not isinstance(self.agent.policy, RankingPolicy):
             raise ValueError(f"min_gain needs a policy with expected_gain (RPO); {type(self.agent).__name__} "
                              "has none: use an @adaptive rule (agents.stopping.adaptive_rule)")
-        self._replace_rule(ValueHead, None if value is None else ValueHead(value_function(self.agent), value))
+        self._replace_rule(ValueHead, None if value is None else ValueHead(value_function(self), value))
 
     def act(self, obs, env):
         from agents.policy import item_scores  # torch is imported only for learned agents
 
-        scores = item_scores(self.agent.policy, obs)
+        scores = item_scores(self.policy, obs)
         valid = np.arange(env.n) < env.task.n
         return order_to_action(np.argsort(-np.where(valid, scores, -np.inf), kind="stable")[: env.task.n], env.n)
 

@@ -106,7 +106,13 @@ def residual_features(x: DecodeInput, decoder: str) -> tuple[torch.Tensor, torch
 
 
 class ResidualItemExtractor(BaseFeaturesExtractor):
-    """obs -> (B, N * (d + 2)): item embeddings, each item's base score ``-scale * rank`` and validity."""
+    """obs -> (B, N * (d + 2)): item embeddings, each item's base score ``-scale * rank`` and validity.
+
+    No weight depends on N or on the budget (``size_agnostic``): ``agents.resize`` rebuilds a trained
+    policy for another list length with the same weights.
+    """
+
+    size_agnostic = True
 
     def __init__(self, observation_space: spaces.Dict, d_model: int = 64, n_layers: int = 1, n_heads: int = 4,
                  dropout: float = 0.0, decoder: str = "heuristic", base_scale: float = 1.0,

@@ -140,6 +140,7 @@ def value_function(agent: Any) -> ValueFn | None:
     """The agent's estimate of the agreement still to gain from an observation, if its policy has one.
 
     RPO's ``RankingPolicy`` trains ``expected_gain``; SB3's actor-critic policies (PPO, A2C) ``predict_values``.
+    ``agent.policy`` is read at every call: an ``AgentMethod`` swaps in the policy resized for the env's N.
     """
     from stable_baselines3.common.policies import ActorCriticPolicy
 
@@ -147,11 +148,12 @@ def value_function(agent: Any) -> ValueFn | None:
 
     policy = getattr(agent, "policy", None)
     if isinstance(policy, RankingPolicy):
-        return lambda obs: expected_gain(policy, obs)
+        return lambda obs: expected_gain(agent.policy, obs)
     if isinstance(policy, ActorCriticPolicy):
         import torch
 
         def critic(obs: dict[str, np.ndarray]) -> float:
+            policy = agent.policy
             tensor, _ = policy.obs_to_tensor(obs)
             with torch.no_grad():
                 return float(policy.predict_values(tensor).flatten()[0])

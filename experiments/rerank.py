@@ -160,9 +160,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method",
                    help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint>, shipped, "
                         f"shipped:{LIST_40_AGENT} or shipped:{FULL_LIST_AGENT} (the agents trained at N = 40 and "
-                        "100). Default: by window length, the shipped agent trained for it where it beats the "
-                        f"best decoder ({', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}), else "
-                        f"{FALLBACK_METHOD} (the full-list agent does not; docs/long-lists.md)")
+                        "100; residual agents rank any window length). Default: by window length, a shipped agent "
+                        "that beats the best decoder there on DL19 ("
+                        f"{', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}), else {FALLBACK_METHOD} "
+                        "(docs/long-lists.md)")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20; over 20 on the "
@@ -231,7 +232,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     method = make_method(args.method)
     n = trained_n(method)
     if n is not None and n != spec.window:
-        raise ValueError(f"method {args.method!r} was trained for {n} candidates; use --window {n}")
+        problem = method.resize_problem(spec.window) if hasattr(method, "resize_problem") else "it cannot"
+        if problem is not None:
+            raise ValueError(f"method {args.method!r} was trained for {n} candidates, the windows have "
+                             f"{spec.window} ({problem}); use --window {n}")
     verifier_kwargs = verifier_options(args)
     verifier = make_verifier(args.verifier, **verifier_kwargs)
     reranker = SlidingWindowReranker(method, verifier, spec, args.budget, args.batch)

@@ -161,7 +161,8 @@ def test_a_learned_agent_plugs_in_and_must_match_the_window(tmp_path, capsys):
     args = ["--dataset", "dl19", "--max-queries", "2", "--method", f"agent:{path}", "--top", "30"]
     out = _run([*args, "--window", "10", "--stride", "5"], tmp_path)
     assert len(read_rank_llm(out / "rerank.jsonl")) == 2
-    _expect_error(capsys, [*args, "--output", str(tmp_path / "o")], "trained for 10 candidates; use --window 10")
+    _expect_error(capsys, [*args, "--output", str(tmp_path / "o")],
+                  "trained for 10 candidates, the windows have 20", "weights depend on N", "use --window 10")
 
 
 def test_duplicate_queries_are_an_error(dl19):
@@ -359,8 +360,8 @@ def test_comparison_table_against_the_reference_run(tmp_path, capsys):
 
 
 def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl19, tmp_path):
-    """Its default method is the heuristic (the N = 20 agent refuses a 100-candidate window); the agent
-    shipped for N = 100 runs there too."""
+    """Its default method is the N = 40 agent (it beats the heuristic at N = 100); the agent shipped for
+    N = 100 runs there too."""
     queries, _ = dl19
     runs = {m: _run(["--dataset", "dl19", "--max-queries", "3", "--full-list", *m, "--budget", "2"],
                     tmp_path, "-".join(["full", *m]))
@@ -378,13 +379,14 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
     from experiments.paper.rerank_table import label
 
     settings = json.loads((runs[()] / "settings.json").read_text())
-    assert settings["method"] == "heuristic"
-    assert label(settings) == "up-to-down heuristic, full list, T = 2"
+    assert settings["method"] == "shipped:residual-40"
+    assert label(settings) == "shipped agent (N = 40), full list, T = 2"
+    assert label({**settings, "method": "heuristic"}) == "up-to-down heuristic, full list, T = 2"
     assert label({**settings, "method": "shipped:residual-full-list"}) == "shipped agent (N = 100), full list, T = 2"
     assert label({**settings, "method": "ar"}) == "AR, full list"
     assert label({**settings, "method": "ar", "window": 20}) == "AR windows"
     assert label({**settings, "method": "ar", "window": 40}) == "AR, windows of 40"
-    assert label({**settings, "window": 40}) == "up-to-down heuristic, windows of 40, T = 2"
+    assert label({**settings, "method": "heuristic", "window": 40}) == "up-to-down heuristic, windows of 40, T = 2"
     agent_40 = {**settings, "window": 40, "method": "shipped:residual-40"}
     assert label(agent_40) == "shipped agent (N = 40), windows of 40, T = 2"
 
@@ -410,12 +412,13 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
 
 
 def test_the_default_method_follows_the_window_length(dl19):
-    """Without --method: the shipped agent trained for the window's length where one beats the heuristic
-    (20 and 40 candidates), else the heuristic (the full-list agent does not beat it); rerank() agrees."""
+    """Without --method: a shipped agent that beats the heuristic at the window's length (20: the N = 20 agent;
+    40 and full lists of 100: the N = 40 one), else the heuristic; rerank() agrees."""
     method = lambda *argv: cli.parse_args(["--dataset", "dl19", *argv]).method  # noqa: E731
     assert method() == "shipped"
     assert method("--window", "40", "--stride", "30") == method("--full-list", "--top", "40") == "shipped:residual-40"
-    assert method("--full-list") == method("--window", "30") == "heuristic"
+    assert method("--full-list") == "shipped:residual-40"
+    assert method("--window", "30") == method("--full-list", "--top", "60") == "heuristic"
     assert method("--window", "40", "--top", "20", "--stride", "10") == "shipped:residual-40"  # padded to 40
     assert method("--full-list", "--method", "std") == "std"
     queries, _ = dl19

@@ -21,9 +21,10 @@ FULL_LIST_AGENT = "residual-full-list"
 LIST_40_AGENT = "residual-40"
 PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT: "residual_full_list",
                               LIST_40_AGENT: "residual_n40"}
-# window length -> the method to run when none is named: the shipped agent for that length where it beats the
-# best hand-written decoder on DL19 (held out), else that decoder. The full-list agent does not (its card).
-RECOMMENDED: dict[int, str] = {20: "shipped", 40: f"shipped:{LIST_40_AGENT}"}
+# window length -> the method to run when none is named: a shipped agent that beats the best hand-written
+# decoder at that length on DL19 (held out), else that decoder. At 100 that is the N = 40 agent (its residual
+# policy ranks any N, agents.resize; docs/long-lists.md#one-agent-for-every-n); the full-list agent does not.
+RECOMMENDED: dict[int, str] = {20: "shipped", 40: f"shipped:{LIST_40_AGENT}", 100: f"shipped:{LIST_40_AGENT}"}
 FALLBACK_METHOD = "heuristic"
 
 

@@ -142,8 +142,10 @@ def build_methods(cfg: EvalConfig, factory: Callable[..., Any] | None = None) ->
         method = factory(base)
         checkpoint_n = trained_n(method)
         if checkpoint_n is not None and checkpoint_n != cfg.n:
-            raise ValueError(f"method {spec!r} was trained for N={checkpoint_n} candidates but the evaluation "
-                             f"uses N={cfg.n}; retrain it or pass --n {checkpoint_n}")
+            problem = method.resize_problem(cfg.n) if hasattr(method, "resize_problem") else "it cannot"
+            if problem is not None:
+                raise ValueError(f"method {spec!r} was trained for N={checkpoint_n} candidates but the evaluation "
+                                 f"uses N={cfg.n} ({problem}); retrain it or pass --n {checkpoint_n}")
         name = named["label"] if named else getattr(method, "name", base)
         label = name + (f"@{match['kind']}={match['value']}" if match else "")
         if label in labels:
@@ -155,7 +157,7 @@ def build_methods(cfg: EvalConfig, factory: Callable[..., Any] | None = None) ->
         if kind == "deadline":
             method.deadline_ms = value
         elif kind == "adaptive":  # the agent's own value estimate where it has one, else the LLM's verdict
-            method.stop_rules = (*method.stop_rules, adaptive_rule(getattr(method, "agent", None), value))
+            method.stop_rules = (*method.stop_rules, adaptive_rule(method if hasattr(method, "agent") else None, value))
         entries.append(MethodEntry(label, spec, method, budget_free=match is None and base in cfg.budget_free))
     return entries
 

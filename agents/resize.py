@@ -1,0 +1,86 @@
+"""One trained agent for every list length: rebuild a size-agnostic policy for another N or budget.
+
+An observation's arrays are sized by the env's N and ``max_budget`` (``verified`` is max_budget x N x N),
+so an SB3 policy is tied to the spaces it was trained on. The residual policy's weights are not: every
+layer works per item or per round, its features are normalised by N, and rounds are pooled. Rebuilding
+it for the new spaces and loading the same weights lets, e.g., the agent trained on windows of 40 rank
+full lists of 100. Policies whose layers are sized by N (``ItemTransformerPolicy``'s round encoder) are
+refused with the N they need.
+
+Only longer lists than the training ones are allowed. The residual is in units of positions while its
+features are fractions of N, so a learned term like ``a * rank / N`` is a small share of the decoder's
+``-scale * rank`` at a larger N and can outweigh it at a smaller one: the agent trained at N = 100 ranks
+DL19's windows of 40 at tau -0.06 (the heuristic: 0.935), while the N = 20 and N = 40 agents beat the
+heuristic at N = 40 and 100 (docs/long-lists.md#one-agent-for-every-n).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+
+__all__ = ["policy_n", "size_agnostic", "resize_problem", "resized_policy"]
+
+
+def policy_n(policy: BasePolicy) -> int:
+    """The number of candidates ``policy``'s observation space is sized for."""
+    return int(policy.observation_space["first_token"].shape[0])
+
+
+def size_agnostic(policy: BasePolicy) -> bool:
+    """Whether ``policy``'s weights work at any N and budget (its features extractor says so)."""
+    extractor = getattr(policy, "features_extractor", None)
+    return bool(getattr(extractor, "size_agnostic", False))
+
+
+def resize_problem(policy: BasePolicy, n: int, allow_shorter: bool = False) -> str | None:
+    """Why ``policy`` cannot rank ``n`` candidates (None: it can), phrased for an error message.
+    ``allow_shorter``: let a size-agnostic policy rank fewer candidates than it was trained on (experiments)."""
+    trained = policy_n(policy)
+    if n == trained:
+        return None
+    if not size_agnostic(policy):
+        return (f"{type(policy).__name__} was trained for N={trained} candidates and its weights depend on N, so "
+                f"it cannot rank N={n}: use N={trained} or an agent with a size-agnostic policy "
+                "(ResidualRankingPolicy, ResidualItemPolicy)")
+    if n < trained and not allow_shorter:
+        return (f"this agent was trained for N={trained} candidates and ranks only N >= {trained}: at fewer "
+                f"candidates its learned correction can outweigh the decoder's order (the agent trained at N = 100 "
+                f"ranks windows of 40 at tau -0.06); use an agent trained at N <= {n} (the shipped ones: "
+                f"shipped at 20, shipped:residual-40 at 40) or train one (rsd-train --set env.n={n})")
+    return None
+
+
+def _policy_recipe(agent: Any) -> tuple[type[BasePolicy], dict[str, Any]]:
+    """The policy class and constructor kwargs ``agent`` was built with (SB3 model or ``PolicyAgent``)."""
+    meta = getattr(agent, "meta", None)
+    if isinstance(meta, dict) and "policy" in meta:  # a policy folder (agents.policy_agent)
+        from agents import policy_class
+
+        return policy_class(meta["policy"]), dict(meta.get("policy_kwargs") or {})
+    return type(agent.policy), dict(getattr(agent, "policy_kwargs", None) or {})
+
+
+def resized_policy(agent: Any, observation_space: spaces.Dict, action_space: spaces.Space,
+                   allow_shorter: bool = False) -> BasePolicy:
+    """``agent``'s policy rebuilt for these spaces (another N or ``max_budget``) with the same weights.
+
+    Raises ``ValueError`` saying why (``resize_problem``) when it cannot rank that N.
+    """
+    policy = agent.policy
+    if observation_space == policy.observation_space and action_space == policy.action_space:
+        return policy
+    problem = resize_problem(policy, int(observation_space["first_token"].shape[0]), allow_shorter)
+    if problem is not None:
+        raise ValueError(problem)
+    cls, kwargs = _policy_recipe(agent)
+    resized = cls(observation_space, action_space, lambda _: 0.0, **kwargs)
+    state = policy.state_dict()
+    if "log_std" in state and state["log_std"].shape != resized.log_std.shape:  # a Gaussian's per-item noise
+        state["log_std"] = state["log_std"].mean().expand(resized.log_std.shape).clone()
+    resized.load_state_dict(state, strict=True)
+    resized.to(policy.device)
+    resized.set_training_mode(False)
+    return resized
