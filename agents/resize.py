@@ -1,4 +1,4 @@
-"""One trained agent for every list length: rebuild a size-agnostic policy for another N or budget.
+"""One trained agent for longer lists: rebuild a size-agnostic policy for a larger N or another budget.
 
 An observation's arrays are sized by the env's N and ``max_budget`` (``verified`` is max_budget x N x N),
 so an SB3 policy is tied to the spaces it was trained on. The residual policy's weights are not: every

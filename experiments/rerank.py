@@ -160,7 +160,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method",
                    help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint>, shipped, "
                         f"shipped:{LIST_40_AGENT} or shipped:{FULL_LIST_AGENT} (the agents trained at N = 40 and "
-                        "100; residual agents rank any window length). Default: by window length, a shipped agent "
+                        "100; residual agents also rank longer windows). Default: by window length, a shipped agent "
                         "that beats the best decoder there on DL19 ("
                         f"{', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}), else {FALLBACK_METHOD} "
                         "(docs/long-lists.md)")
