@@ -21,12 +21,17 @@ from typing import Any
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 
-__all__ = ["policy_n", "size_agnostic", "resize_problem", "resized_policy"]
+__all__ = ["space_n", "policy_n", "size_agnostic", "resize_problem", "resized_policy"]
+
+
+def space_n(observation_space: spaces.Dict) -> int:
+    """The number of candidates an env observation space is sized for."""
+    return int(observation_space["first_token"].shape[0])
 
 
 def policy_n(policy: BasePolicy) -> int:
     """The number of candidates ``policy``'s observation space is sized for."""
-    return int(policy.observation_space["first_token"].shape[0])
+    return space_n(policy.observation_space)
 
 
 def size_agnostic(policy: BasePolicy) -> bool:
@@ -53,14 +58,12 @@ def resize_problem(policy: BasePolicy, n: int, allow_shorter: bool = False) -> s
     return None
 
 
-def _policy_recipe(agent: Any) -> tuple[type[BasePolicy], dict[str, Any]]:
-    """The policy class and constructor kwargs ``agent`` was built with (SB3 model or ``PolicyAgent``)."""
+def _policy_kwargs(agent: Any) -> dict[str, Any]:
+    """The constructor kwargs ``agent``'s policy was built with (SB3 model, or a ``PolicyAgent``'s metadata)."""
     meta = getattr(agent, "meta", None)
-    if isinstance(meta, dict) and "policy" in meta:  # a policy folder (agents.policy_agent)
-        from agents import policy_class
-
-        return policy_class(meta["policy"]), dict(meta.get("policy_kwargs") or {})
-    return type(agent.policy), dict(getattr(agent, "policy_kwargs", None) or {})
+    if isinstance(meta, dict) and "policy_kwargs" in meta:  # a policy folder (agents.policy_agent)
+        return dict(meta["policy_kwargs"] or {})
+    return dict(getattr(agent, "policy_kwargs", None) or {})
 
 
 def resized_policy(agent: Any, observation_space: spaces.Dict, action_space: spaces.Space,
@@ -72,11 +75,10 @@ def resized_policy(agent: Any, observation_space: spaces.Dict, action_space: spa
     policy = agent.policy
     if observation_space == policy.observation_space and action_space == policy.action_space:
         return policy
-    problem = resize_problem(policy, int(observation_space["first_token"].shape[0]), allow_shorter)
+    problem = resize_problem(policy, space_n(observation_space), allow_shorter)
     if problem is not None:
         raise ValueError(problem)
-    cls, kwargs = _policy_recipe(agent)
-    resized = cls(observation_space, action_space, lambda _: 0.0, **kwargs)
+    resized = type(policy)(observation_space, action_space, lambda _: 0.0, **_policy_kwargs(agent))
     state = policy.state_dict()
     if "log_std" in state and state["log_std"].shape != resized.log_std.shape:  # a Gaussian's per-item noise
         state["log_std"] = state["log_std"].mean().expand(resized.log_std.shape).clone()

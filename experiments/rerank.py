@@ -25,7 +25,7 @@ from typing import Any
 from agents.pretrained import FALLBACK_METHOD, FULL_LIST_AGENT, LIST_40_AGENT, RECOMMENDED, default_method
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
-from experiments.paper.evaluate import trained_n
+from experiments.paper.evaluate import rank_n_problem, trained_n
 from experiments.rerank_output import RerankOutput, input_digest
 from rsd_env.data.beir import beir_run
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
@@ -230,12 +230,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rsd_env.verifiers import make_verifier
 
     method = make_method(args.method)
-    n = trained_n(method)
-    if n is not None and n != spec.window:
-        problem = method.resize_problem(spec.window) if hasattr(method, "resize_problem") else "it cannot"
-        if problem is not None:
-            raise ValueError(f"method {args.method!r} was trained for {n} candidates, the windows have "
-                             f"{spec.window} ({problem}); use --window {n}")
+    problem = rank_n_problem(method, spec.window)
+    if problem is not None:
+        n = trained_n(method)
+        raise ValueError(f"method {args.method!r} was trained for {n} candidates, the windows have "
+                         f"{spec.window} ({problem}); use --window {n}")
     verifier_kwargs = verifier_options(args)
     verifier = make_verifier(args.verifier, **verifier_kwargs)
     reranker = SlidingWindowReranker(method, verifier, spec, args.budget, args.batch)

@@ -131,6 +131,15 @@ def trained_n(method: Any) -> int | None:
         return None
 
 
+def rank_n_problem(method: Any, n: int) -> str | None:
+    """Why ``method`` cannot rank ``n`` candidates (None: it can): a learned method trained for another N
+    whose policy cannot be resized to ``n`` (``agents.resize``)."""
+    checkpoint_n = trained_n(method)
+    if checkpoint_n is None or checkpoint_n == n:
+        return None
+    return method.resize_problem(n) if hasattr(method, "resize_problem") else "it cannot"
+
+
 def build_methods(cfg: EvalConfig, factory: Callable[..., Any] | None = None) -> list[MethodEntry]:
     """All methods, built before any evaluation so a bad name or checkpoint fails in seconds."""
     factory = factory or default_factory()
@@ -140,12 +149,11 @@ def build_methods(cfg: EvalConfig, factory: Callable[..., Any] | None = None) ->
         match = _SUFFIX.match(named["spec"] if named else spec)
         base = match["base"] if match else (named["spec"] if named else spec)
         method = factory(base)
-        checkpoint_n = trained_n(method)
-        if checkpoint_n is not None and checkpoint_n != cfg.n:
-            problem = method.resize_problem(cfg.n) if hasattr(method, "resize_problem") else "it cannot"
-            if problem is not None:
-                raise ValueError(f"method {spec!r} was trained for N={checkpoint_n} candidates but the evaluation "
-                                 f"uses N={cfg.n} ({problem}); retrain it or pass --n {checkpoint_n}")
+        problem = rank_n_problem(method, cfg.n)
+        if problem is not None:
+            checkpoint_n = trained_n(method)
+            raise ValueError(f"method {spec!r} was trained for N={checkpoint_n} candidates but the evaluation "
+                             f"uses N={cfg.n} ({problem}); retrain it or pass --n {checkpoint_n}")
         name = named["label"] if named else getattr(method, "name", base)
         label = name + (f"@{match['kind']}={match['value']}" if match else "")
         if label in labels:
