@@ -335,10 +335,10 @@ def make_method(spec: str, **kwargs: Any) -> RankingMethod:
     deadline_ms = kwargs.pop("deadline_ms", None)
     cold = kwargs.pop("cold", True)
     if spec == "shipped" or spec.startswith("shipped:"):  # an agent shipped in agents/pretrained
-        from agents.pretrained import pretrained_path
+        from agents.pretrained import agent_path
 
         kwargs.setdefault("name", spec)
-        spec = f"agent:{pretrained_path(spec.partition(':')[2] or 'shipped')}"
+        spec = f"agent:{agent_path(spec)}"
     if spec.startswith("agent:"):
         from agents import load_agent
 

@@ -7,7 +7,10 @@ it for the new spaces and loading the same weights lets, e.g., the agent trained
 full lists of 100. Policies whose layers are sized by N (``ItemTransformerPolicy``'s round encoder) are
 refused with the N they need.
 
-Only longer lists than the training ones are allowed. The residual is in units of positions while its
+The same rebuild starts a new training run from a trained agent's weights at another N (``transfer_weights``,
+``rsd-train``'s ``init_agent``): fine-tuning, e.g., the N = 40 agent against the full-list target.
+
+For ranking, only longer lists than the training ones are allowed. The residual is in units of positions while its
 features are fractions of N, so a learned term like ``a * rank / N`` is a small share of the decoder's
 ``-scale * rank`` at a larger N and can outweigh it at a smaller one: the agent trained at N = 100 ranks
 DL19's windows of 40 at tau -0.06 (the heuristic: 0.935), while the N = 20 and N = 40 agents beat the
@@ -21,7 +24,7 @@ from typing import Any
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 
-__all__ = ["space_n", "policy_n", "size_agnostic", "resize_problem", "resized_policy"]
+__all__ = ["space_n", "policy_n", "size_agnostic", "resize_problem", "resized_policy", "transfer_weights"]
 
 
 def space_n(observation_space: spaces.Dict) -> int:
@@ -86,3 +89,20 @@ def resized_policy(agent: Any, observation_space: spaces.Dict, action_space: spa
     resized.to(policy.device)
     resized.set_training_mode(False)
     return resized
+
+
+def transfer_weights(source: Any, target: BasePolicy, target_kwargs: dict[str, Any]) -> None:
+    """Load ``source`` agent's policy weights into ``target``, a new run's policy built with ``target_kwargs``
+    (for fine-tuning; any N or budget when the policy is size-agnostic, shorter lists included, since the
+    run then trains at that N). Raises ``ValueError`` naming what differs: the policy class or its kwargs."""
+    policy = source.policy
+    if type(policy) is not type(target):
+        raise ValueError(f"the agent to start from has a {type(policy).__name__}, the run builds a "
+                         f"{type(target).__name__}: set policy: {type(policy).__name__}")
+    kwargs = _policy_kwargs(source)
+    if kwargs != dict(target_kwargs):
+        differ = sorted(k for k in set(kwargs) | set(target_kwargs) if kwargs.get(k) != target_kwargs.get(k))
+        raise ValueError(f"the agent to start from was built with policy_kwargs {kwargs}, the run with "
+                         f"{dict(target_kwargs)} (they differ in {differ}): use the agent's policy_kwargs")
+    resized = resized_policy(source, target.observation_space, target.action_space, allow_shorter=True)
+    target.load_state_dict(resized.state_dict(), strict=True)

@@ -64,6 +64,9 @@ class TrainConfig:
     batched: bool = True  # RSDVecEnv (one verify_batch per step) or DummyVecEnv
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     policy_kwargs: dict[str, Any] = field(default_factory=lambda: {"d_model": 64, "n_layers": 2, "n_heads": 4})
+    # fine-tuning: a new run starts from this agent's policy weights (shipped, shipped:<name>, a checkpoint or a
+    # policy folder); same policy and policy_kwargs; a size-agnostic policy may come from another N (agents.resize)
+    init_agent: str | None = None
     seed: int = 0
     checkpoint_freq: int = 5000  # timesteps between checkpoints
     run_dir: str = "runs"
@@ -119,7 +122,7 @@ def _check_types(raw: dict[str, Any]) -> None:
     for key in _STR_KEYS:
         if key in raw and not isinstance(raw[key], str):
             fail(key, "a string")
-    for key in ("run_name", "ray_address"):
+    for key in ("run_name", "ray_address", "init_agent"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             fail(key, "a string or null")
     for key, low in _MINIMUM.items():
@@ -155,10 +158,20 @@ def validate(config: TrainConfig) -> None:
     if is_rllib(config.algo):
         from agents.rllib_train import validate_rllib
 
+        if config.init_agent is not None:
+            raise ValueError(f"init_agent is for SB3 algorithms (rpo, ppo, ...); {config.algo} starts from "
+                             "fresh weights: remove init_agent")
         validate_rllib(config)
     else:
         _validate_sb3(config, agents.algorithm_class(config.algo))
     _validate_envs(config)
+    if config.init_agent is not None:
+        from agents.pretrained import agent_path
+
+        path = agent_path(config.init_agent)
+        if not (path.exists() or path.with_suffix(".zip").exists()):
+            raise ValueError(f"init_agent {config.init_agent!r}: no agent at {path}; name a checkpoint (.zip), a "
+                             "policy folder, 'shipped' or 'shipped:<name>'")
 
 
 def is_rllib(algo: str) -> bool:
@@ -407,9 +420,24 @@ def prepare(config: TrainConfig) -> Session:
             except TypeError as err:
                 raise ValueError(f"cannot build {config.algo} with algo_kwargs {config.algo_kwargs} and "
                                  f"policy_kwargs {config.policy_kwargs}: {err}") from err
+            if config.init_agent is not None:  # a resumed run has its own weights
+                start_from(model, config)
         return model, resumed_from
 
     return open_run(config, eval_env, start, "best.zip")
+
+
+def start_from(model: Any, config: TrainConfig) -> None:
+    """Load ``config.init_agent``'s policy weights into a new run's ``model`` (fine-tuning)."""
+    import agents
+    from agents.pretrained import agent_path
+    from agents.resize import transfer_weights
+
+    try:
+        transfer_weights(agents.load_agent(agent_path(config.init_agent)), model.policy, config.policy_kwargs)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"init_agent {config.init_agent!r}: {err}") from err
+    _say(f"the policy starts from {config.init_agent}'s weights")
 
 
 def open_run(config: TrainConfig, eval_env: Any, start: Callable[[Path], tuple[Any, Path | None]],
@@ -601,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-project", help="wandb project name")
     parser.add_argument("--run-name", help="run name (folder under run_dir, wandb run name)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--init-agent", metavar="AGENT", help="fine-tune: a new run starts from this agent's policy "
+                        "weights (shipped, shipped:<name>, a checkpoint or a policy folder; = --set init_agent=...)")
     parser.add_argument("--ray-address", help="rllib: algorithms: the Ray cluster to run on (HOST:PORT of "
                                               "`ray start --head`, or auto); default: a local Ray")
     args = parser.parse_args(argv)
@@ -613,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run_name={args.run_name}")
     if args.no_resume:
         overrides.append("resume=false")
+    if args.init_agent:
+        overrides.append(f"init_agent={args.init_agent}")
     if args.ray_address:
         overrides.append(f"ray_address={args.ray_address}")
     try:

@@ -142,3 +142,62 @@ def test_a_policy_folder_from_rllib_resizes_like_an_sb3_checkpoint(tmp_path):
     np.testing.assert_array_equal(
         [r.ranking for r in rank_tasks(AgentMethod(agent), large)],
         [r.ranking for r in rank_tasks(AgentMethod(model), large)])
+
+
+# ---- fine-tuning: a new training run starts from an agent trained at another N --------------------------
+def _finetune_sets(tmp_path, n, init, *extra):
+    return ["env_id=RSDRankSim-v0", f"env={{dataset: synthetic, split: train, budget: 2, n: {n}, data: {{count: 6}}}}",
+            f"eval_env={{dataset: synthetic, split: test, budget: 2, n: {n}, data: {{count: 3}}}}", "eval_tasks=3",
+            "policy=ResidualRankingPolicy", "policy_kwargs={d_model: 16, n_heads: 2, n_layers: 1}",
+            "algo_kwargs={group_size: 3, tasks_per_batch: 2, warm_start_timesteps: 16}", "total_timesteps=32",
+            "progress_bar=false", "torch_threads=1", "wandb.mode=disabled", f"run_dir={tmp_path}", f"init_agent={init}",
+            *extra]
+
+
+def test_a_training_run_starts_from_an_agent_trained_at_another_n(tmp_path):
+    """``init_agent`` loads a trained residual agent's weights into a new run at another N (longer or shorter:
+    the run trains at that N), then training moves them; the CLI's ``--init-agent`` is the same key."""
+    from agents.train import load_train_config, main, prepare
+
+    source = _residual(_env(8))
+    _randomise_residual(source.policy)
+    path = agents.save_agent(source, tmp_path / "r8.zip")
+    for n in (12, 6):
+        session = prepare(load_train_config(None, _finetune_sets(tmp_path, n, f"agent:{path}", f"run_name=n{n}")))
+        try:
+            assert policy_n(session.model.policy) == n
+            started = session.model.policy.state_dict()
+            for name, weight in source.policy.state_dict().items():
+                assert torch.equal(started[name], weight), name
+        finally:
+            session.lock.release()
+    sets = [item for item in _finetune_sets(tmp_path, 12, "x", "run_name=cli") if not item.startswith("init_agent")]
+    assert main(["--init-agent", str(path), *[a for item in sets for a in ("--set", item)]]) == 0
+    trained = agents.load_agent(tmp_path / "cli" / "model.zip")
+    assert policy_n(trained.policy) == 12 and trained.num_timesteps >= 32
+    head = "score_head.linear.weight"
+    assert not torch.equal(trained.policy.state_dict()[head], source.policy.state_dict()[head])  # trained on
+
+
+def test_init_agent_errors_name_what_to_fix(tmp_path, capsys):
+    from agents.train import load_train_config, main, validate
+
+    path = agents.save_agent(_residual(_env(8)), tmp_path / "r8.zip")
+
+    def run(*extra) -> str:
+        sets = _finetune_sets(tmp_path, 12, *extra)
+        try:
+            code = main([a for item in sets for a in ("--set", item)])
+        except SystemExit as exit_:  # refused while reading the config (argparse's error)
+            code = exit_.code
+        assert code == 2
+        return capsys.readouterr().err
+
+    assert "init_agent 'agent:nowhere.zip': no agent at nowhere.zip" in run("agent:nowhere.zip", "run_name=a")
+    err = run(f"agent:{path}", "run_name=b", "policy_kwargs={d_model: 32, n_heads: 2, n_layers: 1}")
+    assert "differ in ['d_model']" in err and "use the agent's policy_kwargs" in err, err
+    err = run(f"agent:{path}", "run_name=c", "policy=ResidualItemPolicy", "algo=ppo", "algo_kwargs={n_steps: 8}")
+    assert "has a ResidualRankingPolicy" in err and "set policy: ResidualRankingPolicy" in err, err
+    assert not any((tmp_path / name).exists() for name in "abc")  # no half-made run folder is left
+    with pytest.raises(ValueError, match="init_agent is for SB3 algorithms"):
+        validate(load_train_config(None, ["algo=rllib:PPO", f"init_agent={path}"]))

@@ -93,6 +93,13 @@ def test_the_full_list_config_trains_on_whole_dl20_top_100s_in_two_orders():
     shuffled = {t.task_id.split("#")[0]: [c.docid for c in t.candidates] for t in tasks if "#" in t.task_id}
     assert in_order == dl20 and not dl19 & set(in_order)
     assert all(sorted(shuffled[q]) == sorted(dl20[q]) and shuffled[q] != dl20[q] for q in dl20)
+    # the fine-tuning recipe trains on the same tasks, from the shipped N = 40 agent's weights
+    from agents.train import validate
+
+    finetune = load_train_config("experiments/configs/train_residual_full_list_from_n40.yaml")
+    validate(finetune)
+    assert finetune.env == config.env and finetune.policy_kwargs == config.policy_kwargs
+    assert finetune.init_agent == "shipped:residual-40"
 
 
 def test_the_residual_configs_select_the_residual_policy(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["PRETRAINED", "DEFAULT_AGENT", "FULL_LIST_AGENT", "LIST_40_AGENT", "RECOMMENDED", "FALLBACK_METHOD",
-           "default_method", "pretrained_path"]
+           "default_method", "pretrained_path", "agent_path"]
 
 _HERE = Path(__file__).resolve().parent
 # name -> folder; the residual policy over the heuristic decoder, trained against the bundled LLM: at N = 20
@@ -43,3 +43,14 @@ def pretrained_path(name: str = DEFAULT_AGENT) -> Path:
         raise FileNotFoundError(f"the shipped agent {key!r} is missing from this install ({path}); reinstall rsd "
                                 "or train one with rsd-train --config " + str(path.parent / "config.yaml"))
     return path
+
+
+def agent_path(reference: str) -> Path:
+    """Where an agent reference points: ``shipped`` / ``shipped:<name>`` (a shipped agent), ``agent:<path>`` or a
+    plain path (a ``save_agent`` checkpoint or a policy folder). Existence is checked by whoever loads it."""
+    if not isinstance(reference, str) or not reference:
+        raise ValueError(f"an agent reference must be 'shipped', 'shipped:<name>', 'agent:<path>' or a path, "
+                         f"got {reference!r}")
+    if reference == "shipped" or reference.startswith("shipped:"):
+        return pretrained_path(reference.partition(":")[2] or "shipped")
+    return Path(reference[len("agent:"):] if reference.startswith("agent:") else reference)
