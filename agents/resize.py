@@ -54,10 +54,14 @@ def resize_problem(policy: BasePolicy, n: int, allow_shorter: bool = False) -> s
                 f"it cannot rank N={n}: use N={trained} or an agent with a size-agnostic policy "
                 "(ResidualRankingPolicy, ResidualItemPolicy)")
     if n < trained and not allow_shorter:
+        from agents.pretrained import shipped_for
+
+        fits = shipped_for(n)
+        shipped = f"shipped ones that fit: {', '.join(fits)}" if fits else "none of the shipped ones fits"
         return (f"this agent was trained for N={trained} candidates and ranks only N >= {trained}: at fewer "
                 f"candidates its learned correction can outweigh the decoder's order (the agent trained at N = 100 "
-                f"ranks windows of 40 at tau -0.06); use an agent trained at N <= {n} (the shipped ones: "
-                f"shipped at 20, shipped:residual-40 at 40) or train one (rsd-train --set env.n={n})")
+                f"ranks windows of 40 at tau -0.06); use an agent trained at N <= {n} ({shipped}) or train one "
+                f"(rsd-train --set env.n={n})")
     return None
 
 

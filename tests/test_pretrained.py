@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agents.methods import SDMethod, make_method, rank_tasks
-from agents.pretrained import PRETRAINED, pretrained_path
+from agents.pretrained import PRETRAINED, TRAINED_N, pretrained_path, shipped_for
 
 
 def test_every_shipped_agent_has_its_weights_config_and_card():
@@ -19,6 +19,7 @@ def test_every_shipped_agent_has_its_weights_config_and_card():
         card = (path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
         assert "rsd-train --config" in card and "Kendall" in card
     assert pretrained_path("shipped") == pretrained_path()
+    assert set(TRAINED_N) == set(PRETRAINED)
     with pytest.raises(ValueError, match="unknown shipped agent"):
         pretrained_path("nope")
 
@@ -103,3 +104,14 @@ def test_the_n40_agent_beats_std_and_keeps_up_with_the_heuristic_on_dl19_top40()
             for m, spec in (("agent", "shipped:residual-40"), ("std", "std"), ("heuristic", "heuristic"))}
     assert (taus["agent"] > taus["std"] + 0.1).all(), taus
     assert taus["agent"].mean() >= taus["heuristic"].mean() - 0.02, taus
+
+
+def test_each_shipped_agent_s_recorded_length_is_its_model_s():
+    """``TRAINED_N`` (what the shorter-list refusal offers) matches each model's observation space."""
+    from agents import load_agent
+    from agents.resize import policy_n
+
+    for name, n in TRAINED_N.items():
+        assert policy_n(load_agent(pretrained_path(name)).policy) == n, name
+    assert shipped_for(19) == [] and shipped_for(20) == ["shipped"]
+    assert shipped_for(100) == ["shipped", "shipped:residual-40", "shipped:residual-full-list"]

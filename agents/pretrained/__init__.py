@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PRETRAINED", "DEFAULT_AGENT", "FULL_LIST_AGENT", "LIST_40_AGENT", "RECOMMENDED", "FALLBACK_METHOD",
-           "default_method", "pretrained_path", "agent_path"]
+__all__ = ["PRETRAINED", "TRAINED_N", "DEFAULT_AGENT", "FULL_LIST_AGENT", "LIST_40_AGENT", "RECOMMENDED",
+           "FALLBACK_METHOD", "shipped_for", "default_method", "pretrained_path", "agent_path"]
 
 _HERE = Path(__file__).resolve().parent
 # name -> folder; the residual policy over the heuristic decoder, trained against the bundled LLM: at N = 20
@@ -21,6 +21,8 @@ FULL_LIST_AGENT = "residual-full-list"
 LIST_40_AGENT = "residual-40"
 PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT: "residual_full_list",
                               LIST_40_AGENT: "residual_n40"}
+# name -> the list length it was trained for (tests check it against each model's observation space)
+TRAINED_N: dict[str, int] = {DEFAULT_AGENT: 20, LIST_40_AGENT: 40, FULL_LIST_AGENT: 100}
 # window length -> the method to run when none is named: a shipped agent that beats the best hand-written
 # decoder at that length on DL19 (held out), else that decoder. At 100 that is the N = 40 agent (its residual
 # policy ranks any N, agents.resize; docs/long-lists.md#one-agent-for-every-n); the full-list agent does not.
@@ -31,6 +33,12 @@ FALLBACK_METHOD = "heuristic"
 def default_method(window: int) -> str:
     """What ``rsd-rerank`` and ``agents.rerank.rerank`` run on windows of ``window`` candidates by default."""
     return RECOMMENDED.get(window, FALLBACK_METHOD)
+
+
+def shipped_for(n: int) -> list[str]:
+    """The shipped agents (as ``make_method`` specs) that may rank lists of ``n``: trained at N <= n."""
+    return [f"shipped:{name}" if name != DEFAULT_AGENT else "shipped"
+            for name, trained in sorted(TRAINED_N.items(), key=lambda item: item[1]) if trained <= n]
 
 
 def pretrained_path(name: str = DEFAULT_AGENT) -> Path:
