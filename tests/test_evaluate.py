@@ -170,10 +170,19 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_cli_quick_simulated(tmp_path, capsys):
-    assert 0 == main(["--quick", "--verifier", "simulated", "--methods", "std", "sd", "--max-tasks", "3", "--no-plots",
-          "--output", str(tmp_path), "--no-progress"])
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert 0 == main(["--quick", "--verifier", "simulated", "--methods", "std", "sd", "--max-tasks", "3",
+                          "--no-plots", "--output", str(tmp_path), "--no-progress", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert "| 1 | sd |" in capsys.readouterr().out
     assert (tmp_path / "results.json").is_file()
+    assert main(["--quick", "--verifier", "simulated", "--output", str(tmp_path / "x"), "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_atomic_write_keeps_the_old_file_on_error(tmp_path):

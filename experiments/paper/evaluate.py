@@ -428,6 +428,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plots", dest="plots", action="store_const", const=False)
     p.add_argument("--quick", action="store_true", help="the smoke-sized grid of the config's quick block")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 per process when several "
+                                               "evaluations share a machine, for steadier timings")
     return p.parse_args(argv)
 
 
@@ -435,7 +437,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``rsd-eval``); returns the exit status."""
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("config", "quick", "no_progress", "verifier_arg")}
+                 if k not in ("config", "quick", "no_progress", "verifier_arg", "threads")}
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"rsd-eval: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.verifier_arg:
         overrides["verifier_kwargs"] = parse_assignments(args.verifier_arg, "--verifier-arg")
     try:
