@@ -23,16 +23,26 @@ PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT
                               LIST_40_AGENT: "residual_n40"}
 # name -> the list length it was trained for (tests check it against each model's observation space)
 TRAINED_N: dict[str, int] = {DEFAULT_AGENT: 20, LIST_40_AGENT: 40, FULL_LIST_AGENT: 100}
-# window length -> the method to run when none is named: a shipped agent that beats the best hand-written
-# decoder at that length on DL19 (held out), else that decoder. At 100 that is the N = 40 agent (its residual
-# policy ranks any N, agents.resize; docs/long-lists.md#one-agent-for-every-n); the full-list agent does not.
-RECOMMENDED: dict[int, str] = {20: "shipped", 40: f"shipped:{LIST_40_AGENT}", 100: f"shipped:{LIST_40_AGENT}"}
+# measured window length -> the method to run when none is named: a shipped agent that beats the best
+# hand-written decoder at that length on DL19 (held out), else that decoder. At 60 and 100 that is the N = 40
+# agent (its residual policy ranks any N, agents.resize; docs/long-lists.md#one-agent-for-every-n); the
+# full-list agent does not.
+RECOMMENDED: dict[int, str] = {20: "shipped", 40: f"shipped:{LIST_40_AGENT}", 60: f"shipped:{LIST_40_AGENT}",
+                               100: f"shipped:{LIST_40_AGENT}"}
 FALLBACK_METHOD = "heuristic"
 
 
 def default_method(window: int) -> str:
-    """What ``rsd-rerank`` and ``agents.rerank.rerank`` run on windows of ``window`` candidates by default."""
-    return RECOMMENDED.get(window, FALLBACK_METHOD)
+    """What ``rsd-rerank`` and ``agents.rerank.rerank`` run on windows of ``window`` candidates by default: the
+    ``RECOMMENDED`` method at a measured length, or between two measured lengths that recommend the same
+    method (41-99: the N = 40 agent); else ``FALLBACK_METHOD``."""
+    if window in RECOMMENDED:
+        return RECOMMENDED[window]
+    below = max((n for n in RECOMMENDED if n < window), default=None)
+    above = min((n for n in RECOMMENDED if n > window), default=None)
+    if below is not None and above is not None and RECOMMENDED[below] == RECOMMENDED[above]:
+        return RECOMMENDED[below]
+    return FALLBACK_METHOD
 
 
 def shipped_for(n: int) -> list[str]:
