@@ -34,8 +34,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rsd_env.io import atomic_path, write_json
 
-__all__ = ["make", "algorithm_class", "policy_class", "save_agent", "load_agent", "agent_meta", "ALGORITHMS",
-           "POLICIES"]
+__all__ = ["make", "algorithm_class", "policy_class", "save_agent", "load_agent", "agent_location", "agent_meta",
+           "ALGORITHMS", "POLICIES"]
 
 # short names -> "module:Class"
 ALGORITHMS: dict[str, str] = {
@@ -152,18 +152,25 @@ def agent_meta(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{sidecar} is not valid JSON ({err}); pass algorithm= to load {path.name}") from err
 
 
-def load_agent(path: str | Path, algorithm: str | None = None, env: Any = None, **kwargs: Any) -> Any:
-    """Load a checkpoint saved by ``save_agent`` (or any SB3 zip, given ``algorithm``), or a policy folder
-    (``agents.policy_agent``: what an RLlib run saves as ``model/``), which ranks but does not train on."""
+def agent_location(path: str | Path) -> Path:
+    """What ``load_agent(path)`` reads: a policy folder, or a checkpoint file (``.zip`` may be left off).
+    Raises ``FileNotFoundError`` when there is neither."""
     path = Path(path)
-    if path.is_dir():
-        from agents.policy_agent import load_policy_agent
-
-        return load_policy_agent(path)
     if not path.exists() and path.with_suffix(".zip").exists():
         path = path.with_suffix(".zip")
     if not path.exists():
         raise FileNotFoundError(f"no agent checkpoint at {path}")
+    return path
+
+
+def load_agent(path: str | Path, algorithm: str | None = None, env: Any = None, **kwargs: Any) -> Any:
+    """Load a checkpoint saved by ``save_agent`` (or any SB3 zip, given ``algorithm``), or a policy folder
+    (``agents.policy_agent``: what an RLlib run saves as ``model/``), which ranks but does not train on."""
+    path = agent_location(path)
+    if path.is_dir():
+        from agents.policy_agent import load_policy_agent
+
+        return load_policy_agent(path)
     if algorithm is None:
         algorithm = agent_meta(path)["algorithm"]
     try:

@@ -73,6 +73,15 @@ def _policy_kwargs(agent: Any) -> dict[str, Any]:
     return dict(getattr(agent, "policy_kwargs", None) or {})
 
 
+def _weights_for(policy: BasePolicy, target: BasePolicy) -> dict[str, Any]:
+    """``policy``'s state dict shaped for ``target`` (same class and kwargs, another N or budget): only a
+    Gaussian's per-item ``log_std`` has N entries; it is filled with its mean."""
+    state = policy.state_dict()
+    if "log_std" in state and state["log_std"].shape != target.log_std.shape:
+        state["log_std"] = state["log_std"].mean().expand(target.log_std.shape).clone()
+    return state
+
+
 def resized_policy(agent: Any, observation_space: spaces.Dict, action_space: spaces.Space,
                    allow_shorter: bool = False) -> BasePolicy:
     """``agent``'s policy rebuilt for these spaces (another N or ``max_budget``) with the same weights.
@@ -86,10 +95,7 @@ def resized_policy(agent: Any, observation_space: spaces.Dict, action_space: spa
     if problem is not None:
         raise ValueError(problem)
     resized = type(policy)(observation_space, action_space, lambda _: 0.0, **_policy_kwargs(agent))
-    state = policy.state_dict()
-    if "log_std" in state and state["log_std"].shape != resized.log_std.shape:  # a Gaussian's per-item noise
-        state["log_std"] = state["log_std"].mean().expand(resized.log_std.shape).clone()
-    resized.load_state_dict(state, strict=True)
+    resized.load_state_dict(_weights_for(policy, resized), strict=True)
     resized.to(policy.device)
     resized.set_training_mode(False)
     return resized
@@ -108,5 +114,7 @@ def transfer_weights(source: Any, target: BasePolicy, target_kwargs: dict[str, A
         differ = sorted(k for k in set(kwargs) | set(target_kwargs) if kwargs.get(k) != target_kwargs.get(k))
         raise ValueError(f"the agent to start from was built with policy_kwargs {kwargs}, the run with "
                          f"{dict(target_kwargs)} (they differ in {differ}): use the agent's policy_kwargs")
-    resized = resized_policy(source, target.observation_space, target.action_space, allow_shorter=True)
-    target.load_state_dict(resized.state_dict(), strict=True)
+    problem = resize_problem(policy, policy_n(target), allow_shorter=True)
+    if problem is not None:
+        raise ValueError(problem)
+    target.load_state_dict(_weights_for(policy, target), strict=True)

@@ -169,9 +169,11 @@ def validate(config: TrainConfig) -> None:
         from agents.pretrained import agent_path
 
         path = agent_path(config.init_agent)
-        if not (path.exists() or path.with_suffix(".zip").exists()):
+        try:
+            agents.agent_location(path)
+        except FileNotFoundError as err:
             raise ValueError(f"init_agent {config.init_agent!r}: no agent at {path}; name a checkpoint (.zip), a "
-                             "policy folder, 'shipped' or 'shipped:<name>'")
+                             "policy folder, 'shipped' or 'shipped:<name>'") from err
 
 
 def is_rllib(algo: str) -> bool:
