@@ -78,13 +78,19 @@ def test_short_learn_improves_the_return_on_a_tiny_task_set(advantage):
     assert after > before + 0.05, (before, after)
 
 
-def test_warm_start_fits_the_target_order():
+@pytest.mark.parametrize("loss, key, drop", [("plackett_luce", "nll", 1.0), ("pairwise", "pairwise", 0.1)])
+def test_warm_start_fits_the_target_order(loss, key, drop):
     env = _env(count=4)
-    model = _model(env, learning_rate=3e-3, warm_start_timesteps=10**6)
-    first = model.train_warm_start(model.collect())["train/warm_start_nll"]
+    model = _model(env, learning_rate=3e-3, warm_start_timesteps=10**6, warm_start_loss=loss)
+    first = model.train_warm_start(model.collect())[f"train/warm_start_{key}"]
     for _ in range(15):
-        last = model.train_warm_start(model.collect())["train/warm_start_nll"]
-    assert last < first - 1.0
+        last = model.train_warm_start(model.collect())[f"train/warm_start_{key}"]
+    assert last < first - drop, (first, last)
+
+
+def test_unknown_warm_start_loss_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"warm_start_loss must be one of \['pairwise', 'plackett_luce'\]"):
+        _model(warm_start_loss="listnet")
 
 
 def test_save_load_gives_identical_predictions(tmp_path):
