@@ -181,8 +181,10 @@ def test_cli_quick_simulated(tmp_path, capsys):
         torch.set_num_threads(threads)
     assert "| 1 | sd |" in capsys.readouterr().out
     assert (tmp_path / "results.json").is_file()
-    assert main(["--quick", "--verifier", "simulated", "--output", str(tmp_path / "x"), "--threads", "0"]) == 2
-    assert "--threads must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quick", "--verifier", "simulated", "--output", str(tmp_path / "x"), "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --threads: must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_atomic_write_keeps_the_old_file_on_error(tmp_path):

@@ -133,3 +133,7 @@ def test_cache_targets_shards_cover_every_task_once(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             cache_targets.main(["--dataset", "synthetic", "--shard", bad])
         assert "--shard" in capsys.readouterr().err
+    for bad, message in (("0", "must be >= 1, got 0"), ("one", "expected an integer >= 1, got 'one'")):
+        with pytest.raises(SystemExit):  # a thread count is refused, not clamped
+            cache_targets.main(["--dataset", "synthetic", "--threads", bad])
+        assert f"argument --threads: {message}" in capsys.readouterr().err

@@ -20,6 +20,8 @@ import time
 
 from tqdm.auto import tqdm
 
+from experiments.cli_args import at_least_one
+
 
 def _tasks_and_env(args: argparse.Namespace):
     from agents.train import load_train_config, make_train_env
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tasks", type=int, default=None, help="only the first K tasks")
     parser.add_argument("--shard", default="1/1", metavar="I/M",
                         help="every M-th task, starting at the I-th (1-based): run M of these side by side")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.max_tasks is not None and args.max_tasks < 1:
         parser.error(f"--max-tasks must be >= 1, got {args.max_tasks}")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         import torch
 
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
     try:
         env = _tasks_and_env(args)
     except (ValueError, FileNotFoundError) as err:
