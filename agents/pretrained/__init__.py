@@ -24,18 +24,18 @@ PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT
 # name -> the list length it was trained for (tests check it against each model's observation space)
 TRAINED_N: dict[str, int] = {DEFAULT_AGENT: 20, LIST_40_AGENT: 40, FULL_LIST_AGENT: 100}
 # measured window length -> the method to run when none is named: a shipped agent that beats the best
-# hand-written decoder at that length on DL19 (held out), else that decoder. At 60 and 100 that is the N = 40
-# agent (its residual policy ranks any N, agents.resize; docs/long-lists.md#one-agent-for-every-n); the
-# full-list agent does not.
-RECOMMENDED: dict[int, str] = {20: "shipped", 40: f"shipped:{LIST_40_AGENT}", 60: f"shipped:{LIST_40_AGENT}",
-                               100: f"shipped:{LIST_40_AGENT}"}
+# hand-written decoder at that length on DL19 (held out), else that decoder. At 30 that is the N = 20 agent,
+# at 60 and 100 the N = 40 agent (a residual policy ranks any longer N, agents.resize;
+# docs/long-lists.md#one-agent-for-every-n); the full-list agent does not.
+RECOMMENDED: dict[int, str] = {20: "shipped", 30: "shipped", 40: f"shipped:{LIST_40_AGENT}",
+                               60: f"shipped:{LIST_40_AGENT}", 100: f"shipped:{LIST_40_AGENT}"}
 FALLBACK_METHOD = "heuristic"
 
 
 def default_method(window: int) -> str:
     """What ``rsd-rerank`` and ``agents.rerank.rerank`` run on windows of ``window`` candidates by default: the
     ``RECOMMENDED`` method at a measured length, or between two measured lengths that recommend the same
-    method (41-99: the N = 40 agent); else ``FALLBACK_METHOD``."""
+    method (21-29: the N = 20 agent, 41-99: the N = 40 agent); else ``FALLBACK_METHOD``."""
     if window in RECOMMENDED:
         return RECOMMENDED[window]
     below = max((n for n in RECOMMENDED if n < window), default=None)
