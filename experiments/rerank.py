@@ -162,8 +162,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"shipped:{LIST_40_AGENT} or shipped:{FULL_LIST_AGENT} (the agents trained at N = 40 and "
                         "100; residual agents also rank longer windows). Default: by window length, a shipped agent "
                         "that beats the best decoder there on DL19 ("
-                        f"{', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}; a length between two that "
-                        f"agree: theirs), else {FALLBACK_METHOD} (docs/long-lists.md)")
+                        f"{', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}; between two measured "
+                        f"lengths: an agent that beats it at both), else {FALLBACK_METHOD} (docs/long-lists.md)")
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20; over 20 on the "

@@ -115,3 +115,16 @@ def test_each_shipped_agent_s_recorded_length_is_its_model_s():
         assert policy_n(load_agent(pretrained_path(name)).policy) == n, name
     assert shipped_for(19) == [] and shipped_for(20) == ["shipped"]
     assert shipped_for(100) == ["shipped", "shipped:residual-40", "shipped:residual-full-list"]
+
+
+def test_every_agent_recommended_at_a_length_can_rank_it():
+    """``BEATS_DECODER`` only lists, at each measured length, shipped agents trained at that N or shorter (the
+    ones ``shipped_for`` offers), so the default method never names an agent that refuses the window."""
+    from agents.pretrained import BEATS_DECODER, RECOMMENDED, default_method
+
+    for n, winners in BEATS_DECODER.items():
+        assert winners and set(winners) <= set(shipped_for(n)), (n, winners)
+        assert RECOMMENDED[n] == winners[0] == default_method(n)
+    for n in range(min(BEATS_DECODER), max(BEATS_DECODER) + 1):
+        method = default_method(n)
+        assert method == "heuristic" or method in shipped_for(n), (n, method)

@@ -413,18 +413,20 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
 
 
 def test_the_default_method_follows_the_window_length(dl19):
-    """Without --method: a shipped agent that beats the heuristic at the window's length (20 and 30, and the
-    lengths between: the N = 20 agent; 40, 60 and full lists of 100, and the lengths between: the N = 40 one),
-    else the heuristic; rerank() agrees."""
+    """Without --method: a shipped agent that beats the heuristic at the window's length (20 and 30: the N = 20
+    agent; 40, 60 and full lists of 100: the N = 40 one), between two measured lengths the first agent that
+    beats it at both (21-39: the N = 20 agent, measured at 30 and 40; 41-99: the N = 40 one), else the
+    heuristic; rerank() agrees."""
     method = lambda *argv: cli.parse_args(["--dataset", "dl19", *argv]).method  # noqa: E731
     assert method() == "shipped"
     assert method("--window", "40", "--stride", "30") == method("--full-list", "--top", "40") == "shipped:residual-40"
     assert method("--full-list") == "shipped:residual-40"
     assert method("--window", "30") == method("--full-list", "--top", "25") == "shipped"
-    assert method("--window", "35") == method("--window", "150") == method("--full-list", "--top", "12") == "heuristic"
+    assert method("--window", "35") == "shipped"
+    assert method("--window", "150") == method("--full-list", "--top", "12") == "heuristic"
     assert method("--full-list", "--top", "60") == method("--window", "75") == "shipped:residual-40"
     assert [default_method(n) for n in (19, 20, 21, 29, 30, 31, 39, 40, 41, 99, 100, 101)] == [
-        "heuristic", *["shipped"] * 4, "heuristic", "heuristic", *["shipped:residual-40"] * 4, "heuristic"]
+        "heuristic", *["shipped"] * 6, *["shipped:residual-40"] * 4, "heuristic"]
     assert method("--window", "40", "--top", "20", "--stride", "10") == "shipped:residual-40"  # padded to 40
     assert method("--full-list", "--method", "std") == "std"
     queries, _ = dl19
