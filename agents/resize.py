@@ -73,6 +73,13 @@ def _policy_kwargs(agent: Any) -> dict[str, Any]:
     return dict(getattr(agent, "policy_kwargs", None) or {})
 
 
+def _require_resizable(policy: BasePolicy, n: int, allow_shorter: bool) -> None:
+    """Raise ``ValueError`` with ``resize_problem``'s reason when ``policy`` cannot rank lists of ``n``."""
+    problem = resize_problem(policy, n, allow_shorter)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 def _weights_for(policy: BasePolicy, target: BasePolicy) -> dict[str, Any]:
     """``policy``'s state dict shaped for ``target`` (same class and kwargs, another N or budget): only a
     Gaussian's per-item ``log_std`` has N entries; it is filled with its mean."""
@@ -91,9 +98,7 @@ def resized_policy(agent: Any, observation_space: spaces.Dict, action_space: spa
     policy = agent.policy
     if observation_space == policy.observation_space and action_space == policy.action_space:
         return policy
-    problem = resize_problem(policy, space_n(observation_space), allow_shorter)
-    if problem is not None:
-        raise ValueError(problem)
+    _require_resizable(policy, space_n(observation_space), allow_shorter)
     resized = type(policy)(observation_space, action_space, lambda _: 0.0, **_policy_kwargs(agent))
     resized.load_state_dict(_weights_for(policy, resized), strict=True)
     resized.to(policy.device)
@@ -114,7 +119,5 @@ def transfer_weights(source: Any, target: BasePolicy, target_kwargs: dict[str, A
         differ = sorted(k for k in set(kwargs) | set(target_kwargs) if kwargs.get(k) != target_kwargs.get(k))
         raise ValueError(f"the agent to start from was built with policy_kwargs {kwargs}, the run with "
                          f"{dict(target_kwargs)} (they differ in {differ}): use the agent's policy_kwargs")
-    problem = resize_problem(policy, policy_n(target), allow_shorter=True)
-    if problem is not None:
-        raise ValueError(problem)
+    _require_resizable(policy, policy_n(target), allow_shorter=True)
     target.load_state_dict(_weights_for(policy, target), strict=True)

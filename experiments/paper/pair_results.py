@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.paper.stats import grouped_paired_test
+from experiments.paper.stats import group_mean_differences, paired_test
 
 Key = tuple[str, str, int]  # (dataset, method, budget)
 
@@ -59,14 +59,9 @@ def pair(values: dict[Key, dict[str, float]], groups: dict[str, str], baseline: 
         if method != baseline and base:
             shared = sorted(set(rows) & set(base))
             a, b = [rows[t] for t in shared], [base[t] for t in shared]
-            diff = np.subtract(a, b)
-            by_group: dict[str, list[float]] = defaultdict(list)
-            for t, d in zip(shared, diff):
-                by_group[groups[t]].append(d)
-            means = np.array([np.mean(v) for v in by_group.values()])
-            p, n = grouped_paired_test(a, b, [groups[t] for t in shared])
-            row.update(shared=len(shared), delta=float(diff.mean()), better=int((means > 0).sum()),
-                       worse=int((means < 0).sum()), queries=n, p=p)
+            means = group_mean_differences(a, b, [groups[t] for t in shared])  # as grouped_paired_test
+            row.update(shared=len(shared), delta=float(np.subtract(a, b).mean()), better=int((means > 0).sum()),
+                       worse=int((means < 0).sum()), queries=len(means), p=paired_test(means, np.zeros(len(means))))
         out.append(row)
     return out
 

@@ -38,14 +38,19 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> float:
     return float(sps.wilcoxon(x, y, zero_method="zsplit").pvalue)
 
 
-def grouped_paired_test(a: Sequence[float], b: Sequence[float], groups: Sequence[str]) -> tuple[float, int]:
-    """``paired_test`` over groups (e.g. a query's windows): each group's tasks are averaged first, so
-    several tasks cut from one query count as one piece of evidence. Returns (p, number of groups)."""
+def group_mean_differences(a: Sequence[float], b: Sequence[float], groups: Sequence[str]) -> np.ndarray:
+    """Per group (sorted by name), the mean of its tasks' differences ``a - b``: what the grouped test ranks."""
     if not len(a) == len(b) == len(groups):
         raise ValueError(f"grouped test needs one group per task pair, got {len(a)}, {len(b)}, {len(groups)}")
     keys = sorted(set(groups))
     index = {g: k for k, g in enumerate(keys)}
     rows = np.fromiter((index[g] for g in groups), dtype=np.int64, count=len(groups))
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    mean_diff = np.bincount(rows, weights=diff, minlength=len(keys)) / np.bincount(rows, minlength=len(keys))
-    return paired_test(mean_diff, np.zeros(len(keys))), len(keys)
+    return np.bincount(rows, weights=diff, minlength=len(keys)) / np.bincount(rows, minlength=len(keys))
+
+
+def grouped_paired_test(a: Sequence[float], b: Sequence[float], groups: Sequence[str]) -> tuple[float, int]:
+    """``paired_test`` over groups (e.g. a query's windows): each group's tasks are averaged first, so
+    several tasks cut from one query count as one piece of evidence. Returns (p, number of groups)."""
+    mean_diff = group_mean_differences(a, b, groups)
+    return paired_test(mean_diff, np.zeros(len(mean_diff))), len(mean_diff)
