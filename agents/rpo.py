@@ -27,7 +27,10 @@ target ranking (free items) on the visited states, by the PL likelihood or a pai
 (``warm_start_loss``, ``agents.warm_start_loss``). With ``warm_start_replay`` > 0 the visited states are
 kept (up to that many, oldest dropped first) and every warm-start update samples its minibatches from all
 of them, not only from the latest batch: against a real LLM every state costs a verification pass, so
-each one is used many times instead of for one batch's few updates.
+each one is used many times instead of for one batch's few updates. With ``warm_start_anchor`` > 0 (for
+fine-tuning a trained agent, ``init_agent``) part of the warm-start loss fits the policy's *initial* ranking
+(its argmax order, by the same loss) instead of the target's: a few hundred tasks then refine the agent
+without overwriting what it learned elsewhere, as a KL penalty to the reference policy does in RLHF.
 
 ``learn``/``predict``/``save``/``load``, the logger and callbacks are SB3's, so ``CheckpointCallback``,
 ``wandb.integration.sb3.WandbCallback`` etc. work unchanged.
@@ -106,6 +109,9 @@ class RPO(BaseAlgorithm):
         on its own states only). The buffer lives in memory and is not part of checkpoints: a run resumed
         inside the warm start refills it from new rollouts (so it is not bit-identical to an uninterrupted
         run until the RL stage, which does not use it)
+    :param warm_start_anchor: share in [0, 1) of the warm-start loss that fits the initial policy's own
+        ranking (its argmax order of the free items, frozen when the warm start begins and kept in
+        checkpoints) instead of the target's; 0 = off. For fine-tuning from ``init_agent``
     :param rl_learning_rate: learning rate after the warm start (default: ``learning_rate``'s schedule)
     """
 
@@ -133,6 +139,7 @@ class RPO(BaseAlgorithm):
         warm_start_epochs: int = 2,
         warm_start_replay: int = 0,
         warm_start_loss: str = "plackett_luce",
+        warm_start_anchor: float = 0.0,
         rl_learning_rate: float | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -150,6 +157,9 @@ class RPO(BaseAlgorithm):
             raise ValueError(f"warm_start_replay must be >= 0 (states kept; 0 = off), got {warm_start_replay}")
         if warm_start_loss not in WARM_START_LOSSES:
             raise ValueError(f"warm_start_loss must be one of {sorted(WARM_START_LOSSES)}, got {warm_start_loss!r}")
+        if not 0.0 <= warm_start_anchor < 1.0:
+            raise ValueError(f"warm_start_anchor must be in [0, 1) (the share of the warm-start loss fitted to the "
+                             f"initial policy's ranking; 0 = off), got {warm_start_anchor!r}")
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
         if isinstance(env, str):
@@ -173,6 +183,8 @@ class RPO(BaseAlgorithm):
         self.warm_start_epochs = warm_start_epochs
         self.warm_start_replay = warm_start_replay
         self.warm_start_loss = warm_start_loss
+        self.warm_start_anchor = warm_start_anchor
+        self._anchor_frozen = False  # set once the reference is copied; a loaded run keeps its own reference
         self._replay: dict[str, Any] | None = None
         self.rl_learning_rate = rl_learning_rate
         self._rng: np.random.Generator | None = None
@@ -185,11 +197,16 @@ class RPO(BaseAlgorithm):
         self.set_random_seed(self.seed)
         if self._rng is None:  # a loaded model keeps its generator state: resume continues the stream
             self._rng = np.random.default_rng(self.seed)
-        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
-                                        **self.policy_kwargs).to(self.device)
+        self.policy = self._new_policy()
+        self.anchor_policy = self._new_policy().requires_grad_(False) if self.warm_start_anchor > 0 else None
+
+    def _new_policy(self) -> RankingPolicy:
+        return self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
+                                 **self.policy_kwargs).to(self.device)
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        return ["policy", "policy.optimizer"], []  # the optimizer too: resuming continues the same run
+        saved = ["policy", "policy.optimizer"]  # the optimizer too: resuming continues the same run
+        return (saved + ["anchor_policy"] if self.anchor_policy is not None else saved), []
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_group_env", "_replay"]
@@ -399,19 +416,42 @@ class RPO(BaseAlgorithm):
         states give); with ``warm_start_replay`` they are drawn from the whole replay buffer.
         """
         data = self._remember(rollout)
-        losses = []
+        losses, anchor_losses = [], []
         loss_fn = WARM_START_LOSSES[self.warm_start_loss]
+        self._freeze_anchor()
         self.policy.set_training_mode(True)
         n_new, n = len(rollout.env_index), len(data["targets"])
+        share = self.warm_start_anchor
         for _ in range(max(1, self.warm_start_epochs)):
             for start in range(0, n_new, self.batch_size):
                 rows = torch.as_tensor(self._rng.permutation(n))[start: start + self.batch_size]
-                obs = {k: v[rows] for k, v in data["obs"].items()}
-                fit = loss_fn(self.policy.score_items(obs), data["targets"][rows], data["masks"][rows]).mean()
-                self._step(fit + self._value_loss_on(data["obs"], data["gains"], data["greedy"], rows))
+                obs, masks = {k: v[rows] for k, v in data["obs"].items()}, data["masks"][rows]
+                scores = self.policy.score_items(obs)
+                fit = loss_fn(scores, data["targets"][rows], masks).mean()
+                loss = fit
+                if self.anchor_policy is not None:
+                    anchor = loss_fn(scores, self._anchor_order(obs, masks), masks).mean()
+                    loss = (1 - share) * fit + share * anchor
+                    anchor_losses.append(anchor.item())
+                self._step(loss + self._value_loss_on(data["obs"], data["gains"], data["greedy"], rows))
                 losses.append(fit.item())
         name = "nll" if self.warm_start_loss == "plackett_luce" else self.warm_start_loss
-        return {f"train/warm_start_{name}": float(np.mean(losses))}
+        stats = {f"train/warm_start_{name}": float(np.mean(losses))}
+        if anchor_losses:
+            stats["train/warm_start_anchor"] = float(np.mean(anchor_losses))
+        return stats
+
+    def _freeze_anchor(self) -> None:
+        """Copy the policy into the anchor at the first warm-start update (after ``init_agent``'s weights are in)."""
+        if self.anchor_policy is not None and not self._anchor_frozen:
+            self.anchor_policy.load_state_dict(self.policy.state_dict())
+            self.anchor_policy.set_training_mode(False)
+            self._anchor_frozen = True
+
+    @torch.no_grad()
+    def _anchor_order(self, obs: dict[str, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        """The initial policy's argmax order of the free items (free first), the anchor's target."""
+        return sample_order(self.anchor_policy.score_items(obs), masks, greedy=True)
 
     # ---- SB3 learn -----------------------------------------------------------------------------
     def _init_callback(self, callback=None, progress_bar: bool = False) -> BaseCallback:

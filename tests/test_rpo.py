@@ -93,6 +93,56 @@ def test_unknown_warm_start_loss_is_refused_with_the_choices():
         _model(warm_start_loss="listnet")
 
 
+def _greedy_tau(model, reference, rollout):
+    """Mean Kendall tau between ``model``'s and ``reference``'s argmax orders on the rollout's states."""
+    from scipy.stats import kendalltau
+
+    with torch.no_grad():
+        mine = model.policy.score_items(rollout.obs)
+        theirs = reference.score_items(rollout.obs)
+    taus = [kendalltau(a[m].numpy(), b[m].numpy())[0] for a, b, m in zip(mine, theirs, rollout.masks) if m.sum() > 2]
+    return float(np.mean(taus))
+
+
+def test_warm_start_anchor_keeps_a_fine_tuned_policy_near_its_initial_ranking():
+    """Fine-tuning with an anchor fits the target less and stays closer to the initial policy than without."""
+    import copy
+
+    start = _model(_env(count=4), seed=1)
+    reference = copy.deepcopy(start.policy).eval()
+    runs = {}
+    for share in (0.0, 0.8):
+        model = _model(_env(count=4), learning_rate=3e-3, warm_start_timesteps=10**6, warm_start_anchor=share)
+        model.policy.load_state_dict(reference.state_dict())
+        for _ in range(12):
+            stats = model.train_warm_start(model.collect())
+        runs[share] = (model, stats)
+    check = runs[0.0][0].collect()
+    free, anchored = runs[0.0][0], runs[0.8][0]
+    assert "train/warm_start_anchor" in runs[0.8][1] and "train/warm_start_anchor" not in runs[0.0][1]
+    near, far = _greedy_tau(anchored, reference, check), _greedy_tau(free, reference, check)
+    assert near > far + 0.05, (near, far)
+    for a, b in zip(anchored.anchor_policy.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)  # the anchor is the policy as the warm start found it, frozen
+
+
+def test_warm_start_anchor_is_kept_in_checkpoints(tmp_path):
+    model = _model(_env(), learning_rate=3e-3, warm_start_timesteps=10**6, warm_start_anchor=0.5)
+    model.learn(64)
+    model.save(tmp_path / "mid")
+    loaded = RPO.load(tmp_path / "mid", env=_env())
+    assert loaded.warm_start_anchor == 0.5 and loaded._anchor_frozen
+    for a, b in zip(model.anchor_policy.parameters(), loaded.anchor_policy.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(model.anchor_policy.parameters(), model.policy.parameters()))
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0])
+def test_warm_start_anchor_outside_0_1_is_refused(share):
+    with pytest.raises(ValueError, match=r"warm_start_anchor must be in \[0, 1\)"):
+        _model(warm_start_anchor=share)
+
+
 def test_save_load_gives_identical_predictions(tmp_path):
     env = _env()
     model = _model(env)
