@@ -16,6 +16,7 @@ run is watched (``RESUMABLE_CHANGES``); other changes are refused. One process a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -451,7 +452,7 @@ def open_run(config: TrainConfig, eval_env: Any, start: Callable[[Path], tuple[A
     import agents
 
     run = config.path()
-    created = not run.exists()
+    created = [p for p in (run, *run.parents) if not p.exists()]  # what the lock's mkdir makes, deepest first
     lock = FolderLock(run, LOCK_NAME, what="rsd-train run").acquire()
     try:
         for folder in (run, run / "checkpoints"):  # temp files of a writer killed mid-write
@@ -479,6 +480,9 @@ def open_run(config: TrainConfig, eval_env: Any, start: Callable[[Path], tuple[A
         lock.release()
         if created:
             shutil.rmtree(run, ignore_errors=True)
+            for parent in created[1:]:  # e.g. the runs/ root of a first run: removed while still empty
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
         raise
     return Session(config, run, lock, model, eval_env, resumed_from, state, best)
 

@@ -177,6 +177,17 @@ def test_a_second_concurrent_run_is_refused(tmp_path, capsys):
     assert not (tmp_path / "r" / "config.yaml").exists()
 
 
+def test_a_run_refused_by_the_algorithm_leaves_no_folders_behind(tmp_path, capsys):
+    """A first run whose algorithm rejects a setting creates neither its run folder nor the runs/ root."""
+    root = tmp_path / "runs"
+    assert main(_argv(root, "algo_kwargs={group_size: 3, tasks_per_batch: 2, advantage: bogus}")) == 2
+    assert "advantage must be one of" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    (root / "other").mkdir(parents=True)  # a root that already exists is kept, with what it holds
+    assert main(_argv(root, "algo_kwargs={group_size: 3, tasks_per_batch: 2, advantage: bogus}")) == 2
+    assert sorted(p.name for p in root.iterdir()) == ["other"]
+
+
 def test_sigkill_releases_the_run_lock(tmp_path):
     """The lock dies with its holder: a killed run never blocks the next one."""
     code = ("import sys, time; from rsd_env.io import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
