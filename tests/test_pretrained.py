@@ -64,7 +64,7 @@ def test_the_shipped_agent_beats_sd_on_dl19_at_t1():
     assert (tau >= tau_sd - 1e-9).sum() >= 5  # and not by luck on one query
 
 
-@pytest.mark.parametrize("name, n", [("residual-full-list", 100), ("residual-40", 40)])
+@pytest.mark.parametrize("name, n", [("residual-full-list", 100), ("residual-full-list-ft", 100), ("residual-40", 40)])
 def test_the_long_list_agents_rank_their_length_on_the_simulator(name, n):
     import gymnasium as gym
 
@@ -80,14 +80,15 @@ def test_the_long_list_agents_rank_their_length_on_the_simulator(name, n):
 
 
 @pytest.mark.llm
-def test_the_full_list_agent_beats_std_on_dl19_top100_at_t1():
+@pytest.mark.parametrize("name", ["residual-full-list", "residual-full-list-ft"])
+def test_the_full_list_agents_beat_std_on_dl19_top100_at_t1(name):
     """One prompt with DL19's whole BM25 top-100 on the full-list target: single-token ranking is far from AR
     there (tau ~0.6), the agent recovers most of it in one verification."""
     import gymnasium as gym
 
     env = gym.make("RSDRank-v0", config={"n": 100, "max_tasks": 2, "budget": 1,
                                          "verifier_kwargs": {"adapter": "bundled-full"}}).unwrapped
-    ours = np.array([r.info["kendall_tau"] for r in rank_tasks(make_method("shipped:residual-full-list"), env)])
+    ours = np.array([r.info["kendall_tau"] for r in rank_tasks(make_method(f"shipped:{name}"), env)])
     std = np.array([r.info["kendall_tau"] for r in rank_tasks(make_method("std"), env)])
     assert (ours > std + 0.1).all(), (ours, std)
 
@@ -114,7 +115,8 @@ def test_each_shipped_agent_s_recorded_length_is_its_model_s():
     for name, n in TRAINED_N.items():
         assert policy_n(load_agent(pretrained_path(name)).policy) == n, name
     assert shipped_for(19) == [] and shipped_for(20) == ["shipped"]
-    assert shipped_for(100) == ["shipped", "shipped:residual-40", "shipped:residual-full-list"]
+    assert shipped_for(100) == ["shipped", "shipped:residual-40", "shipped:residual-full-list",
+                                "shipped:residual-full-list-ft"]
 
 
 def test_every_agent_recommended_at_a_length_can_rank_it():

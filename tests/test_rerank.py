@@ -361,12 +361,12 @@ def test_comparison_table_against_the_reference_run(tmp_path, capsys):
 
 
 def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl19, tmp_path):
-    """Its default method is the N = 40 agent (it beats the heuristic at N = 100); the agent shipped for
-    N = 100 runs there too."""
+    """Its default method is the fine-tuned full-list agent (the largest gain over the heuristic at N = 100);
+    the other agents shipped for N = 100 run there too."""
     queries, _ = dl19
     runs = {m: _run(["--dataset", "dl19", "--max-queries", "3", "--full-list", *m, "--budget", "2"],
                     tmp_path, "-".join(["full", *m]))
-            for m in ((), ("--method", "shipped:residual-full-list"))}
+            for m in ((), ("--method", "shipped:residual-full-list"), ("--method", "shipped:residual-40"))}
     for out in runs.values():
         results = {r.qid: r for r in read_rank_llm(out / "rerank.jsonl")}
         settings = json.loads((out / "settings.json").read_text())
@@ -380,8 +380,9 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
     from experiments.paper.rerank_table import label
 
     settings = json.loads((runs[()] / "settings.json").read_text())
-    assert settings["method"] == "shipped:residual-40"
-    assert label(settings) == "shipped agent (N = 40), full list, T = 2"
+    assert settings["method"] == "shipped:residual-full-list-ft"
+    assert label(settings) == "shipped agent (N = 40 fine-tuned at N = 100), full list, T = 2"
+    assert label({**settings, "method": "shipped:residual-40"}) == "shipped agent (N = 40), full list, T = 2"
     assert label({**settings, "method": "heuristic"}) == "up-to-down heuristic, full list, T = 2"
     assert label({**settings, "method": "shipped:residual-full-list"}) == "shipped agent (N = 100), full list, T = 2"
     assert label({**settings, "method": "ar"}) == "AR, full list"
@@ -414,19 +415,19 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
 
 def test_the_default_method_follows_the_window_length(dl19):
     """Without --method: a shipped agent that beats the heuristic at the window's length (20 and 30: the N = 20
-    agent; 40, 60 and full lists of 100: the N = 40 one), between two measured lengths the first agent that
-    beats it at both (21-39: the N = 20 agent, measured at 30 and 40; 41-99: the N = 40 one), else the
-    heuristic; rerank() agrees."""
+    agent; 40 and 60: the N = 40 one; full lists of 100: the N = 40 agent fine-tuned there), between two
+    measured lengths the first agent that beats it at both (21-39: the N = 20 agent, measured at 30 and 40;
+    41-99: the N = 40 one, measured at 60 and 100), else the heuristic; rerank() agrees."""
     method = lambda *argv: cli.parse_args(["--dataset", "dl19", *argv]).method  # noqa: E731
     assert method() == "shipped"
     assert method("--window", "40", "--stride", "30") == method("--full-list", "--top", "40") == "shipped:residual-40"
-    assert method("--full-list") == "shipped:residual-40"
+    assert method("--full-list") == "shipped:residual-full-list-ft"
     assert method("--window", "30") == method("--full-list", "--top", "25") == "shipped"
     assert method("--window", "35") == "shipped"
     assert method("--window", "150") == method("--full-list", "--top", "12") == "heuristic"
     assert method("--full-list", "--top", "60") == method("--window", "75") == "shipped:residual-40"
     assert [default_method(n) for n in (19, 20, 21, 29, 30, 31, 39, 40, 41, 99, 100, 101)] == [
-        "heuristic", *["shipped"] * 6, *["shipped:residual-40"] * 4, "heuristic"]
+        "heuristic", *["shipped"] * 6, *["shipped:residual-40"] * 3, "shipped:residual-full-list-ft", "heuristic"]
     assert method("--window", "40", "--top", "20", "--stride", "10") == "shipped:residual-40"  # padded to 40
     assert method("--full-list", "--method", "std") == "std"
     queries, _ = dl19

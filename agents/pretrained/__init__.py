@@ -9,27 +9,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PRETRAINED", "TRAINED_N", "DEFAULT_AGENT", "FULL_LIST_AGENT", "LIST_40_AGENT", "BEATS_DECODER",
+__all__ = ["PRETRAINED", "TRAINED_N", "DEFAULT_AGENT", "FULL_LIST_AGENT", "FULL_LIST_FT_AGENT", "LIST_40_AGENT",
+           "BEATS_DECODER",
            "RECOMMENDED", "FALLBACK_METHOD", "shipped_for", "default_method", "pretrained_path", "agent_path"]
 
 _HERE = Path(__file__).resolve().parent
 # name -> folder; the residual policy over the heuristic decoder, trained against the bundled LLM: at N = 20
 # (sliding windows, the N = 20 adapter), at N = 40 (windows of 40, bundled-40) and at N = 100 (one prompt,
-# the full-list adapter)
+# the full-list adapter): from scratch, and the N = 40 agent fine-tuned there with an anchor to its own ranking
 DEFAULT_AGENT = "residual-bundled"
 FULL_LIST_AGENT = "residual-full-list"
+FULL_LIST_FT_AGENT = "residual-full-list-ft"
 LIST_40_AGENT = "residual-40"
 PRETRAINED: dict[str, str] = {DEFAULT_AGENT: "residual_bundled", FULL_LIST_AGENT: "residual_full_list",
-                              LIST_40_AGENT: "residual_n40"}
+                              FULL_LIST_FT_AGENT: "residual_full_list_ft", LIST_40_AGENT: "residual_n40"}
 # name -> the list length it was trained for (tests check it against each model's observation space)
-TRAINED_N: dict[str, int] = {DEFAULT_AGENT: 20, LIST_40_AGENT: 40, FULL_LIST_AGENT: 100}
+TRAINED_N: dict[str, int] = {DEFAULT_AGENT: 20, LIST_40_AGENT: 40, FULL_LIST_AGENT: 100, FULL_LIST_FT_AGENT: 100}
 # measured window length -> the shipped agents that beat the best hand-written decoder at that length on DL19
 # (held out, paired p < 0.05 at T = 1 and 2), the larger gain first. A residual policy ranks any longer N
 # (agents.resize; docs/long-lists.md#one-agent-for-every-n): the N = 20 agent is measured at 30, 40 and 100,
-# the N = 40 agent at 60 and 100; the full-list agent beats it nowhere.
+# the N = 40 agent at 60 and 100; the fine-tuned full-list agent at 100 (it ranks no shorter list); the
+# full-list agent trained from scratch beats it nowhere.
 BEATS_DECODER: dict[int, tuple[str, ...]] = {
     20: ("shipped",), 30: ("shipped",), 40: (f"shipped:{LIST_40_AGENT}", "shipped"),
-    60: (f"shipped:{LIST_40_AGENT}",), 100: (f"shipped:{LIST_40_AGENT}", "shipped")}
+    60: (f"shipped:{LIST_40_AGENT}",),
+    100: (f"shipped:{FULL_LIST_FT_AGENT}", f"shipped:{LIST_40_AGENT}", "shipped")}
 # measured window length -> the method to run there when none is named
 RECOMMENDED: dict[int, str] = {n: winners[0] for n, winners in BEATS_DECODER.items()}
 FALLBACK_METHOD = "heuristic"
@@ -38,7 +42,8 @@ FALLBACK_METHOD = "heuristic"
 def default_method(window: int) -> str:
     """What ``rsd-rerank`` and ``agents.rerank.rerank`` run on windows of ``window`` candidates by default: the
     ``RECOMMENDED`` method at a measured length; between two measured lengths, the first agent that beats the
-    decoder at both (21-39: the N = 20 agent, 41-99: the N = 40 agent); else ``FALLBACK_METHOD``."""
+    decoder at both (21-39: the N = 20 agent, 41-99: the N = 40 agent); else ``FALLBACK_METHOD``. At 100 that is
+    the fine-tuned full-list agent."""
     if window in RECOMMENDED:
         return RECOMMENDED[window]
     below = max((n for n in BEATS_DECODER if n < window), default=None)

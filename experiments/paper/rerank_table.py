@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.pretrained import FULL_LIST_AGENT, LIST_40_AGENT
+from agents.pretrained import FULL_LIST_AGENT, FULL_LIST_FT_AGENT, LIST_40_AGENT
 from experiments import report
 from experiments.paper.stats import mean_ci, paired_test
 from experiments.rerank import RerankResult, trec_per_query
@@ -32,7 +32,8 @@ from rsd_env.metrics import kendall_tau
 
 LABELS = {"ar": "AR windows", "std": "STD (FIRST) windows", "sd": "SD", "heuristic": "up-to-down heuristic",
           "stale-aware": "stale-aware decoder", "sd-decode": "SD + final decode", "shipped": "shipped agent",
-          f"shipped:{FULL_LIST_AGENT}": "shipped agent (N = 100)", f"shipped:{LIST_40_AGENT}": "shipped agent (N = 40)"}
+          f"shipped:{FULL_LIST_AGENT}": "shipped agent (N = 100)", f"shipped:{LIST_40_AGENT}": "shipped agent (N = 40)",
+          f"shipped:{FULL_LIST_FT_AGENT}": "shipped agent (N = 40 fine-tuned at N = 100)"}
 
 
 def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, RerankResult]]:
