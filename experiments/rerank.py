@@ -22,14 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.pretrained import (
-    FALLBACK_METHOD,
-    FULL_LIST_AGENT,
-    FULL_LIST_FT_AGENT,
-    LIST_40_AGENT,
-    RECOMMENDED,
-    default_method,
-)
+from agents.pretrained import DEFAULT_AGENT, FALLBACK_METHOD, RECOMMENDED, TRAINED_N, default_method
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
 from experiments.paper.evaluate import rank_n_problem, trained_n
@@ -164,11 +157,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      "and qrels for --run")
     src.add_argument("--split", default="test", help="with --beir: the qrels/<split>.tsv to use (default test)")
     p.add_argument("--qrels", help="TREC qrels: print NDCG@10 / MAP / R@100 over the full qrels")
+    named_agents = ", ".join(f"shipped:{name} (trained at N = {n})" for name, n in TRAINED_N.items()
+                             if name != DEFAULT_AGENT)
     p.add_argument("--method",
                    help="ar std sd heuristic ... (any name in agents.methods.METHODS), agent:<checkpoint>, shipped, "
-                        f"shipped:{LIST_40_AGENT}, shipped:{FULL_LIST_AGENT} or shipped:{FULL_LIST_FT_AGENT} (the "
-                        "agents trained at N = 40 and 100, and the N = 40 one fine-tuned at 100; residual agents also "
-                        "rank longer windows). Default: by window length, a shipped agent "
+                        f"{named_agents} "
+                        "(residual agents also rank longer windows). Default: by window length, a shipped agent "
                         "that beats the best decoder there on DL19 ("
                         f"{', '.join(f'{n}: {m}' for n, m in RECOMMENDED.items())}; between two measured "
                         f"lengths: an agent that beats it at both), else {FALLBACK_METHOD} (docs/long-lists.md)")

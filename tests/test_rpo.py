@@ -105,7 +105,8 @@ def _greedy_tau(model, reference, rollout):
 
 
 def test_warm_start_anchor_keeps_a_fine_tuned_policy_near_its_initial_ranking():
-    """Fine-tuning with an anchor fits the target less and stays closer to the initial policy than without."""
+    """Fine-tuning with an anchor stays closer to the initial policy's ranking than without, and the anchor is
+    that initial policy, frozen."""
     import copy
 
     start = _model(_env(count=4), seed=1)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["PRETRAINED", "TRAINED_N", "DEFAULT_AGENT", "FULL_LIST_AGENT", "FULL_LIST_FT_AGENT", "LIST_40_AGENT",
-           "BEATS_DECODER",
-           "RECOMMENDED", "FALLBACK_METHOD", "shipped_for", "default_method", "pretrained_path", "agent_path"]
+           "BEATS_DECODER", "RECOMMENDED", "FALLBACK_METHOD", "shipped_for", "default_method", "pretrained_path",
+           "agent_path"]
 
 _HERE = Path(__file__).resolve().parent
 # name -> folder; the residual policy over the heuristic decoder, trained against the bundled LLM: at N = 20
