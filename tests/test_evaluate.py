@@ -253,3 +253,17 @@ def test_windows_of_one_query_are_also_tested_as_one_query(tmp_path):
     assert paired_test(a * 3, b * 3) < p_five
     with pytest.raises(ValueError, match="one group per task pair"):
         grouped_paired_test(a, b, ["q"])
+
+
+def test_the_shuffled_dl19_spec_shows_bm25s_candidates_in_another_seeded_order():
+    """``--datasets dl19-shuffled`` checks a method on an order it was not tuned on: the same candidates and
+    labels as ``dl19``, in an order that differs from BM25's and is the same on every run."""
+    from experiments.paper.evaluate import make_grid_env
+
+    cfg = EvalConfig.load(verifier="simulated", n=100)
+    plain, shuffled, again = (make_grid_env(cfg, name, 1).tasks for name in ("dl19", "dl19-shuffled", "dl19-shuffled"))
+    assert len(plain) == len(shuffled) == 43
+    for a, b, c in zip(plain, shuffled, again):
+        assert sorted(a.docids) == sorted(b.docids) and a.relevance() == b.relevance()
+        assert b.docids == c.docids
+    assert sum(a.docids != b.docids for a, b in zip(plain, shuffled)) == 43

@@ -417,7 +417,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help="method specs: ar std sd heuristic stale-aware sd-decode random "
                    "identity agent:<checkpoint>; suffix @deadline=<ms> or @adaptive=<gain>")
     p.add_argument("--datasets", nargs="+", help="names under dataset_specs in the config: dl19 dl20 ml-100k "
-                   "synthetic, or your own copies of quora amazon-games ml-1m (docs/data.md)")
+                   "synthetic dl19-shuffled, or your own copies of quora amazon-games ml-1m (docs/data.md)")
     p.add_argument("--budgets", nargs="+", type=int, help="verification budgets T")
     p.add_argument("--verifier", help="bundled | simulated | hf:<model> | openai:<url>")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
