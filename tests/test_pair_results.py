@@ -47,3 +47,20 @@ def test_a_rerun_that_does_not_reproduce_or_a_missing_baseline_is_an_error(tmp_p
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad.json"), "--baseline", "base"])
     assert "not an rsd-eval results.json" in capsys.readouterr().err
+
+
+def test_a_budget_free_method_is_paired_with_the_baseline_at_each_budget(tmp_path, capsys):
+    """rsd-eval writes budget None for ar and std (the same ranking at every T): they are paired with the
+    baseline at each T it has, and a budget-free baseline with every method at its own T."""
+    rows = ([_row("std", f"t{i}", 0.5 + 0.01 * i, budget=None) for i in range(4)]
+            + [_row("heuristic", f"t{i}", 0.8 + 0.01 * i, budget=t) for i in range(4) for t in (1, 2)])
+    path = _write(tmp_path / "r.json", rows)
+    values, groups = load_rows([path])
+    std = [r for r in pair(values, groups, "heuristic") if r["method"] == "std"]
+    assert [r["budget"] for r in std] == [1, 2] and all(r["delta"] == pytest.approx(-0.3) for r in std)
+    by_std = [r for r in pair(values, groups, "std") if r["method"] == "heuristic"]
+    assert [r["budget"] for r in by_std] == [1, 2] and all(r["delta"] == pytest.approx(0.3) for r in by_std)
+    assert main([str(path), "--baseline", "std"]) == 0
+    out = capsys.readouterr().out
+    assert "| d | – | std | 0.5150 |" in out
+    assert "| d | 2 | heuristic | 0.8150 | +0.3000 | 4 / 0 of 4 |" in out

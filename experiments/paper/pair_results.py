@@ -24,7 +24,7 @@ import numpy as np
 
 from experiments.paper.stats import group_mean_differences, paired_test
 
-Key = tuple[str, str, int]  # (dataset, method, budget)
+Key = tuple[str, str, "int | None"]  # (dataset, method, budget); None: a budget-free method (ar, std)
 
 
 def load_rows(paths: Sequence[Path], metric: str = "kendall_tau") -> tuple[dict[Key, dict[str, float]],
@@ -38,7 +38,7 @@ def load_rows(paths: Sequence[Path], metric: str = "kendall_tau") -> tuple[dict[
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"{path}: not an rsd-eval results.json with per-task rows ({err})") from err
         for row in tasks:
-            key = (row["dataset"], row["method"], int(row["budget"]))
+            key = (row["dataset"], row["method"], None if row["budget"] is None else int(row["budget"]))
             old = values[key].get(row["task_id"])
             if old is not None and abs(old - row[metric]) > 1e-12:
                 raise ValueError(f"{row['method']} T={row['budget']} task {row['task_id']} has {metric} {old} in "
@@ -50,12 +50,19 @@ def load_rows(paths: Sequence[Path], metric: str = "kendall_tau") -> tuple[dict[
 
 def pair(values: dict[Key, dict[str, float]], groups: dict[str, str], baseline: str) -> list[dict]:
     """One row per (dataset, budget, method): mean, and against ``baseline`` on the shared tasks the mean
-    difference, queries better / worse and the grouped paired p."""
+    difference, queries better / worse and the grouped paired p. A budget-free method (rsd-eval's ``ar``,
+    ``std``: budget None) gives the same ranking at every T, so it is paired with the baseline at each of the
+    baseline's budgets (and a budget-free baseline with every method at its own)."""
     out = []
-    for (dataset, method, budget), rows in sorted(values.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+    budgets = defaultdict(set)
+    for dataset, method, budget in values:
+        budgets[dataset, method].add(budget)
+    cells = [(dataset, method, b, rows) for (dataset, method, budget), rows in values.items()
+             for b in ([budget] if budget is not None else sorted(budgets[dataset, baseline] - {None}) or [None])]
+    for dataset, method, budget, rows in sorted(cells, key=lambda c: (c[0], -1 if c[2] is None else c[2], c[1])):
         row = {"dataset": dataset, "budget": budget, "method": method, "tasks": len(rows),
                "mean": float(np.mean(list(rows.values())))}
-        base = values.get((dataset, baseline, budget))
+        base = values.get((dataset, baseline, budget)) or values.get((dataset, baseline, None))
         if method != baseline and base:
             shared = sorted(set(rows) & set(base))
             a, b = [rows[t] for t in shared], [base[t] for t in shared]
@@ -85,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in pair(values, groups, args.baseline):
         paired = (f"{r['delta']:+.4f} | {r['better']} / {r['worse']} of {r['queries']} | {r['p']:.2g}"
                   if "p" in r else " | | ")
-        print(f"| {r['dataset']} | {r['budget']} | {r['method']} | {r['mean']:.4f} | {paired} |")
+        budget = "–" if r["budget"] is None else r["budget"]
+        print(f"| {r['dataset']} | {budget} | {r['method']} | {r['mean']:.4f} | {paired} |")
     return 0
 
 
