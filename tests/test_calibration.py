@@ -27,7 +27,8 @@ def test_calibrated_is_the_default_and_legacy_stays_available():
     assert make_verifier("simulated").profile == "calibrated"
     legacy = make_verifier({"kind": "simulated", "profile": "legacy"})
     assert legacy.params == {"seed": 0, "dim": 4, "label_weight": 1.0, "noise": 1.0, "cohesion": 1.5,
-                             "redundancy": 3.0, "temperature": 0.5, "first_slot_noise": 0.0}
+                             "redundancy": 3.0, "temperature": 0.5, "first_slot_noise": 0.0,
+                             "prefix_noise": 0.0}
     assert SimulatedVerifier("legacy", seed=3).params["seed"] == 3
     with pytest.raises(ValueError, match="unknown simulator profile 'nope'"):
         SimulatedVerifier("nope")
@@ -121,4 +122,27 @@ def test_the_max_gap_objective_prefers_the_fit_the_tolerance_accepts():
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     config["search"]["objective"] = "median"
     with pytest.raises(ValueError, match=r"unknown search.objective 'median'.*choose one of \['max_gap', 'squares'\]"):
+        fit(config, [("std", 1)], {"std@T=1": 0.9}, trials=1)
+
+
+def test_search_start_makes_a_profile_the_first_trial():
+    """``search.start`` refines an earlier fit: with one trial the fit is that profile's (or mapping's)
+    parameters, clipped to the ranges, optional ones at their defaults; an unknown profile or a mapping that
+    lacks a searched parameter is a clear error."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["sim"]["count"] = 4
+    config["search"]["space"] = {"noise": [0.2, 10.0], "temperature": [0.6, 2.0], "prefix_noise": [0.0, 6.0]}
+    config["search"]["start"] = "legacy"
+    result = fit(config, [("std", 1)], {"std@T=1": 0.9}, trials=1)
+    assert {k: result["params"][k] for k in config["search"]["space"]} == {"noise": 1.0, "temperature": 0.6,
+                                                                          "prefix_noise": 0.0}
+    config["search"]["start"] = {"noise": 3.0, "temperature": 0.9}  # a fit's params: prefix_noise defaults
+    result = fit(config, [("std", 1)], {"std@T=1": 0.9}, trials=1)
+    assert {k: result["params"][k] for k in config["search"]["space"]} == {"noise": 3.0, "temperature": 0.9,
+                                                                          "prefix_noise": 0.0}
+    config["search"]["start"] = {"noise": 3.0}
+    with pytest.raises(ValueError, match=r"search.start lacks \['temperature'\]"):
+        fit(config, [("std", 1)], {"std@T=1": 0.9}, trials=1)
+    config["search"]["start"] = "nope"
+    with pytest.raises(ValueError, match="unknown simulator profile 'nope'"):
         fit(config, [("std", 1)], {"std@T=1": 0.9}, trials=1)

@@ -134,3 +134,23 @@ def test_clear_cache_is_on_every_verifier_and_a_no_op_by_default(tasks):
         assert v.clear_cache(**options) is None
     assert v.stats.since(before).forward_passes == 0
     np.testing.assert_array_equal(v.verify(t, np.arange(t.n)).logprobs, rows)
+
+
+def test_prefix_noise_blurs_rows_whose_prefix_strays_from_the_targets_own(tasks):
+    plain, noisy = SimulatedVerifier(), SimulatedVerifier(prefix_noise=2.0)
+    assert SimulatedVerifier(prefix_noise=0).fingerprint() == plain.fingerprint()
+    assert "prefix_noise=2.0" in noisy.fingerprint()
+    t = tasks[3]
+    # the target's own ranking without the term holds its first i at every position: no noise anywhere
+    in_order = plain.target_ranking(t)
+    np.testing.assert_allclose(noisy.verify(t, in_order).logprobs, plain.verify(t, in_order).logprobs)
+    # its reverse holds none of them at the head: the first row (no prefix) is unchanged, the others blur
+    reverse = in_order[::-1].copy()
+    a, b = plain.verify(t, reverse).logprobs, noisy.verify(t, reverse).logprobs
+    np.testing.assert_allclose(a[0], b[0])
+    assert np.abs(a[1:] - b[1:]).mean(axis=1).min() > 0.05
+    np.testing.assert_array_equal(b, SimulatedVerifier(prefix_noise=2.0).verify(t, reverse).logprobs)
+    # a vector env's batched call gives each task the rows a single call does
+    batch = noisy.verify_batch([(t, reverse), (tasks[4], np.arange(tasks[4].n))])
+    np.testing.assert_allclose(batch[0].logprobs, b)
+    np.testing.assert_allclose(batch[1].logprobs, noisy.verify(tasks[4], np.arange(tasks[4].n)).logprobs)

@@ -33,7 +33,7 @@ from rsd_env.env import RSDRankEnv
 from rsd_env.io import write_text
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
 from rsd_env.verifiers.model_store import with_length_adapter
-from rsd_env.verifiers.simulated import PROFILES_FILE, load_profiles, profile_params
+from rsd_env.verifiers.simulated import OPTIONAL_PARAMETERS, PROFILES_FILE, load_profiles, profile_params
 
 DEFAULT_CONFIG = CONFIGS / "calibrate.yaml"
 Stat = tuple[str, int]
@@ -104,6 +104,17 @@ OBJECTIVES = {"squares": lambda gaps: float(sum(g * g for g in gaps)),
               "max_gap": lambda gaps: float(max(abs(g) for g in gaps))}
 
 
+def start_params(start: str | dict[str, float], space: dict[str, list[float]]) -> dict[str, float]:
+    """``search.start``'s values of the searched parameters, clipped to the search ranges: a profile's name
+    (optional parameters at their defaults) or a mapping of parameters (an earlier fit.json's ``params``),
+    which the search enqueues as its first trial."""
+    params = {**OPTIONAL_PARAMETERS, **start} if isinstance(start, dict) else profile_params(start)
+    missing = sorted(set(space) - set(params))
+    if missing:
+        raise ValueError(f"search.start lacks {missing}: give every searched parameter, or a profile's name")
+    return {k: float(min(max(params[k], lo), hi)) for k, (lo, hi) in space.items()}
+
+
 def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], trials: int) -> dict[str, Any]:
     """Seeded TPE over the configured ranges, minimising the gaps to ``target``: their sum of squares (the
     default), or with ``search.objective: max_gap`` the largest one, which is what the tolerance tests (the
@@ -131,6 +142,9 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize",
                                 sampler=optuna.samplers.TPESampler(seed=config["search"].get("seed", 0)))
+    start = config["search"].get("start")
+    if start:  # a profile's parameters as the first trial: refine an earlier fit rather than start blind
+        study.enqueue_trial(start_params(start, space))
     study.optimize(objective, n_trials=trials, show_progress_bar=sys.stderr.isatty())
     best = study.best_trial
     params = {**base, **{k: round(v, 4) for k, v in best.params.items()}}

@@ -16,6 +16,14 @@ N = 100 the real full-list target is like that (STD far from AR, the up-to-down 
 without the term, STD can be far from AR only through a strong prefix context, which drags every
 decoder down with it. It defaults to 0 (the N = 20 profiles do not use it).
 
+``prefix_noise`` makes a row less reliable the further its prefix strays from what the target itself would
+have written: row i adds ``prefix_noise * d_i`` times seeded noise (one draw per position and item), where
+``d_i`` is the share of the i items placed before position i that are not among the first i of the
+target's own ranking without the term (its greedy AR order, computed once per task). A real target that
+reads a prefix it would not have written (the first round's single-token order at N = 100) answers less
+sharply than one that reads a prefix close to its own, so later rounds, closer to the target, gain more.
+It defaults to 0 (profiles fitted before it existed are unchanged).
+
 The parameters come in named profiles (``profiles/simulated.yaml``): ``calibrated`` (the default) was
 fitted by ``experiments/paper/calibrate_simulator.py`` so that STD, SD and the hand-written decoder agree with
 their target as much as they do on the bundled real LLM; ``legacy`` is the hand-set profile used before,
@@ -25,7 +33,7 @@ kept to reproduce earlier tables. Keyword arguments override single parameters o
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,11 +50,25 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def _off_prefix_noise(rank: np.ndarray, noise: np.ndarray, rankings: np.ndarray) -> np.ndarray:
+    """(k, m - 1, m) rows 1.. of the ``prefix_noise`` term for k tasks: each position's noise (k, m, m), already
+    scaled by ``prefix_noise``, times the share of its prefix outside the reference's first i, where ``rank``
+    (k, m) is each item's position in the reference order (0 for a prefix in that order, 1 for one holding
+    none of its first i)."""
+    k, m = rankings.shape
+    placed_rank = rank[np.arange(k)[:, None], rankings]  # (k, m) the reference rank of the item at each position
+    pos = np.arange(m)
+    # inside[k, i, q]: the item placed at q < i is among the reference's first i
+    inside = (pos[None, None, :] < pos[None, :, None]) & (placed_rank[:, None, :] < pos[None, :, None])
+    stray = 1.0 - inside.sum(-1)[:, 1:] / pos[1:]
+    return stray[:, :, None] * noise[:, 1:]
+
+
 PROFILES_FILE = Path(__file__).with_name("profiles") / "simulated.yaml"
 DEFAULT_PROFILE = "calibrated"
 PARAMETERS = ("seed", "dim", "label_weight", "noise", "cohesion", "redundancy", "temperature")
 # parameters a profile may leave out, with the value that reproduces profiles written before they existed
-OPTIONAL_PARAMETERS: dict[str, float] = {"first_slot_noise": 0.0}
+OPTIONAL_PARAMETERS: dict[str, float] = {"first_slot_noise": 0.0, "prefix_noise": 0.0}
 
 
 def load_profiles(path: str | Path = PROFILES_FILE) -> dict[str, dict[str, Any]]:
@@ -85,13 +107,14 @@ class SimulatedVerifier(Verifier):
         self.params = {**profile_params(profile), **overrides}
         self.params["seed"], self.params["dim"] = int(self.params["seed"]), int(self.params["dim"])
         self._latent = lru_cache(maxsize=4096)(self._make_latent)
+        self._own_rank = lru_cache(maxsize=4096)(self._make_own_rank)
 
     def fingerprint(self) -> str:
         # an optional parameter at its default is left out: earlier profiles keep their cached targets
         kept = {k: v for k, v in self.params.items() if OPTIONAL_PARAMETERS.get(k, object()) != v}
         return "simulated:" + ",".join(f"{k}={v}" for k, v in sorted(kept.items()))
 
-    def _make_latent(self, task: RankingTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _make_latent(self, task: RankingTask) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         p = self.params
         digest = hashlib.sha256(f"{p['seed']}|{task.task_id}|{task.docids}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
@@ -102,17 +125,39 @@ class SimulatedVerifier(Verifier):
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         # drawn last, so the quality and features above stay those of profiles without the term
         first = quality + p["first_slot_noise"] * rng.standard_normal(task.n)
-        return quality, emb @ emb.T, first
+        # (position, item) noise of the prefix_noise term, drawn only where it is on (N x N floats per task)
+        off_prefix = p["prefix_noise"] * rng.standard_normal((task.n, task.n)) if p["prefix_noise"] else None
+        return quality, emb @ emb.T, first, off_prefix
+
+    def _make_own_rank(self, task: RankingTask) -> np.ndarray:
+        """(N,) each item's position in the target's greedy AR ranking without the ``prefix_noise`` term: the
+        prefix it would write itself, which that term measures a proposal's prefix against."""
+        order = self._greedy(task, lambda ranking: self._rows_stacked([task], ranking[None], off_prefix=False)[0])
+        return np.argsort(order)
+
+    @staticmethod
+    def _greedy(task: RankingTask, rows: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Greedy AR under ``rows``: per position, the best unused item given the ranking so far."""
+        ranking: list[int] = []
+        used = np.zeros(task.n, dtype=bool)
+        for i in range(task.n):
+            padded = np.asarray(ranking + [j for j in range(task.n) if not used[j]], dtype=np.int64)
+            best = best_unused(rows(padded)[i], used)
+            ranking.append(best)
+            used[best] = True
+        return np.asarray(ranking, dtype=np.int64)
 
     def _rows(self, task: RankingTask, ranking: np.ndarray) -> np.ndarray:
         return self._rows_stacked([task], np.asarray(ranking)[None])[0]
 
-    def _rows_stacked(self, tasks: Sequence[RankingTask], rankings: np.ndarray) -> np.ndarray:
-        """(k, m, m) rows for k tasks of m items each and their proposals (k, m), in one numpy pass."""
+    def _rows_stacked(self, tasks: Sequence[RankingTask], rankings: np.ndarray, off_prefix: bool = True) -> np.ndarray:
+        """(k, m, m) rows for k tasks of m items each and their proposals (k, m), in one numpy pass
+        (``off_prefix=False``: without the ``prefix_noise`` term)."""
         p = self.params
         latents = [self._latent(task) for task in tasks]
         # (k, m), (k, m, m), (k, m); one task (a single env's step) is a view, not a copy
-        quality, sims, first = (np.stack(parts) if len(parts) > 1 else parts[0][None] for parts in zip(*latents))
+        quality, sims, first = (np.stack(parts) if len(parts) > 1 else parts[0][None]
+                                for parts in list(zip(*latents))[:3])
         k, m = rankings.shape
         placed = sims[np.arange(k)[:, None], rankings]  # (k, m, m): row i = sim of the i-th placed item
         # position i sees the item placed at i - 1 (cohesion) and the prefix's running max (redundancy)
@@ -123,6 +168,9 @@ class SimulatedVerifier(Verifier):
         logits = np.empty((k, m, m))
         logits[:, 0] = first
         logits[:, 1:] = quality[:, None, :] + w * context
+        if p["prefix_noise"] and off_prefix:
+            own_rank = np.stack([self._own_rank(task) for task in tasks])
+            logits[:, 1:] += _off_prefix_noise(own_rank, np.stack([lat[3] for lat in latents]), rankings)
         return _log_softmax(logits / p["temperature"])
 
     def _first_token(self, task: RankingTask) -> np.ndarray:
@@ -150,11 +198,4 @@ class SimulatedVerifier(Verifier):
     def _decode_target(self, task: RankingTask) -> np.ndarray:
         """Greedy AR, one simulated decode step per position (nothing is cached)."""
         with self.timed("ar", tokens=task.n):
-            ranking: list[int] = []
-            used = np.zeros(task.n, dtype=bool)
-            for i in range(task.n):
-                padded = np.asarray(ranking + [j for j in range(task.n) if not used[j]], dtype=np.int64)
-                best = best_unused(self._rows(task, padded)[i], used)
-                ranking.append(best)
-                used[best] = True
-        return np.asarray(ranking, dtype=np.int64)
+            return self._greedy(task, lambda ranking: self._rows(task, ranking))
