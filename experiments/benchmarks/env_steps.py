@@ -3,6 +3,7 @@
     python -m experiments.benchmarks.env_steps                       # simulated verifier
     python -m experiments.benchmarks.env_steps --verifier bundled    # + the real LLM on DL19 (slow: prefills)
     python -m experiments.benchmarks.env_steps --n 100               # full lists: 5 x 100 x 100 verified log-probs
+    python -m experiments.benchmarks.env_steps --n 100 --sim-arg profile=calibrated-full-list
 
 Figures, side by side in one run and on the same tasks: env steps/s (a step = one verification round
 or the commit step) for 1 env (``gym.make``); 8 envs stepped one by one (SB3 ``DummyVecEnv`` and
@@ -125,7 +126,7 @@ def run(verifier: str, budget: int, seconds: float, max_tasks: int | None, seed:
 
     from agents.vec_env import RSDVecEnv
 
-    env = make_bench_env(verifier, budget, max_tasks, verifier_kwargs if verifier != "simulated" else {}, n)
+    env = make_bench_env(verifier, budget, max_tasks, verifier_kwargs, n)
     env.reset(seed=seed)
     for task in env.tasks:  # targets and prompt prefills out of the timed loops
         env.target(task)
@@ -164,13 +165,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="num_envs for the gym.make_vec figures (default: 8 64 simulated, 8 for a real LLM)")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="real verifier option (YAML value), repeatable, e.g. adapter=null")
+    p.add_argument("--sim-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="simulated verifier option, repeatable, e.g. profile=calibrated-full-list (with --n 100)")
     args = p.parse_args(argv)
     kwargs = parse_assignments(args.verifier_arg, "--verifier-arg")
+    sim_kwargs = parse_assignments(args.sim_arg, "--sim-arg")
+    if kwargs and set(args.verifier) == {"simulated"}:
+        p.error("--verifier-arg sets a real verifier's options and no real verifier is benchmarked; for the "
+                "simulated one use --sim-arg (e.g. --sim-arg profile=calibrated-full-list)")
     emit("setup", python=sys.version.split()[0], argv=sys.argv[1:])
     for verifier in args.verifier:
         max_tasks = args.max_tasks if args.max_tasks or verifier == "simulated" else 8
         vector_envs = args.vector_envs or ([8, 64] if verifier == "simulated" else [8])
-        run(verifier, args.budget, args.seconds, max_tasks, args.seed, kwargs, vector_envs, args.n)
+        options = sim_kwargs if verifier == "simulated" else kwargs
+        run(verifier, args.budget, args.seconds, max_tasks, args.seed, options, vector_envs, args.n)
 
 
 if __name__ == "__main__":
