@@ -50,6 +50,11 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def _stacked(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """(k, ...) from k per-task arrays; one task (a single env's step) is a view, not a copy."""
+    return np.stack(parts) if len(parts) > 1 else parts[0][None]
+
+
 def _off_prefix_noise(rank: np.ndarray, noise: np.ndarray, rankings: np.ndarray) -> np.ndarray:
     """(k, m - 1, m) rows 1.. of the ``prefix_noise`` term for k tasks: each position's noise (k, m, m), already
     scaled by ``prefix_noise``, times the share of its prefix outside the reference's first i, where ``rank``
@@ -155,9 +160,7 @@ class SimulatedVerifier(Verifier):
         (``off_prefix=False``: without the ``prefix_noise`` term)."""
         p = self.params
         latents = [self._latent(task) for task in tasks]
-        # (k, m), (k, m, m), (k, m); one task (a single env's step) is a view, not a copy
-        quality, sims, first = (np.stack(parts) if len(parts) > 1 else parts[0][None]
-                                for parts in list(zip(*latents))[:3])
+        quality, sims, first = (_stacked(parts) for parts in list(zip(*latents))[:3])  # (k, m), (k, m, m), (k, m)
         k, m = rankings.shape
         placed = sims[np.arange(k)[:, None], rankings]  # (k, m, m): row i = sim of the i-th placed item
         # position i sees the item placed at i - 1 (cohesion) and the prefix's running max (redundancy)
@@ -169,8 +172,8 @@ class SimulatedVerifier(Verifier):
         logits[:, 0] = first
         logits[:, 1:] = quality[:, None, :] + w * context
         if p["prefix_noise"] and off_prefix:
-            own_rank = np.stack([self._own_rank(task) for task in tasks])
-            logits[:, 1:] += _off_prefix_noise(own_rank, np.stack([lat[3] for lat in latents]), rankings)
+            own_rank = _stacked([self._own_rank(task) for task in tasks])
+            logits[:, 1:] += _off_prefix_noise(own_rank, _stacked([lat[3] for lat in latents]), rankings)
         return _log_softmax(logits / p["temperature"])
 
     def _first_token(self, task: RankingTask) -> np.ndarray:
