@@ -30,7 +30,7 @@ from rsd_env.data.task import Candidate, RankingTask
 from rsd_env.data.trec import QueryHits
 from rsd_env.env import RSDRankEnv
 from rsd_env.verifiers import Verifier, make_verifier
-from rsd_env.verifiers.model_store import with_length_adapter
+from rsd_env.verifiers.length_defaults import with_length_defaults
 from rsd_env.verifiers.prompts import IDENTIFIERS
 
 __all__ = ["WindowSpec", "RerankResult", "SlidingWindowReranker", "rerank", "MAX_WINDOW", "MAX_BUDGET"]
@@ -200,8 +200,9 @@ class SlidingWindowReranker:
 
     ``method``: a ``RankingMethod`` or a ``make_method`` spec (``"heuristic"``, ``"ar"``,
     ``"agent:<checkpoint>"``, any name in ``agents.methods.METHODS``). ``verifier``: a ``Verifier`` or a
-    ``make_verifier`` spec (``"bundled"`` loads the shipped adapter for the window's length, as the env
-    does for its ``n``). ``batch = 1`` ranks one query at a time (the latency of a lone query).
+    ``make_verifier`` spec (``"bundled"`` loads the shipped adapter for the window's length, ``"simulated"``
+    the profile fitted to it, as the env does for its ``n``). ``batch = 1`` ranks one query at a time (the
+    latency of a lone query).
     """
 
     def __init__(self, method: RankingMethod | str, verifier: Verifier | Any = "bundled",
@@ -216,7 +217,7 @@ class SlidingWindowReranker:
         self.method = make_method(method) if isinstance(method, str) else method
         self.method.cold = False  # a deployed reranker keeps its caches; each window is a new prompt anyway
         self.spec = spec or WindowSpec()
-        options = with_length_adapter({}, self.spec.window) if verifier == "bundled" else {}
+        options = with_length_defaults(verifier, {}, self.spec.window)
         self.verifier = make_verifier(verifier, **options)
         self.budget = budget
         self.batch = batch

@@ -25,6 +25,7 @@ from typing import Any
 from agents.pretrained import DEFAULT_AGENT, FALLBACK_METHOD, RECOMMENDED, TRAINED_N, default_method
 from agents.rerank import RerankResult, SlidingWindowReranker, WindowSpec
 from experiments import report
+from experiments.cli_args import add_threads_argument, apply_threads
 from experiments.paper.evaluate import rank_n_problem, trained_n
 from experiments.rerank_output import RerankOutput, input_digest
 from rsd_env.data.beir import beir_run
@@ -186,6 +187,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", help="run tag in the TREC file (default rsd-<method>-T<budget>)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming from --output")
     p.add_argument("--no-progress", action="store_true")
+    add_threads_argument(p, " (with --ray: this process's; each actor runs one)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="spread the queries over Ray actors (experiments.rerank_ray): alone, a local Ray; with "
                         "HOST:PORT (or auto), the cluster there. Same output files")
@@ -198,15 +200,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The verifier's options: ``--verifier-arg``s, plus, on the bundled model, the shipped adapter trained
-    for the window's length when it is over 20 (the N = 20 adapter copies the order it is shown in long
-    prompts; ``long_list_adapter`` and docs/long-lists.md say which is best at which length)."""
-    options = parse_assignments(args.verifier_arg, "--verifier-arg")
-    if args.verifier == "bundled":
-        from rsd_env.verifiers.model_store import with_length_adapter
+    """The verifier's options: ``--verifier-arg``s, plus, unless they name one, the shipped target for the
+    window's length: on the bundled model the adapter trained for it when it is over 20 (the N = 20 adapter
+    copies the order it is shown in long prompts; ``long_list_adapter`` and docs/long-lists.md say which is
+    best at which length), on the simulated verifier the profile fitted to that adapter's target."""
+    from rsd_env.verifiers.length_defaults import with_length_defaults
 
-        options = with_length_adapter(options, window_spec(args).window)
-    return options
+    options = parse_assignments(args.verifier_arg, "--verifier-arg")
+    return with_length_defaults(args.verifier, options, window_spec(args).window)
 
 
 def _window_and_stride(args: argparse.Namespace) -> tuple[int, int]:
@@ -274,6 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``rsd-rerank``); returns the exit status."""
     args = parse_args(argv)
+    apply_threads(args.threads)
     try:
         summary = run(args)
     except (ValueError, OSError) as err:  # bad inputs, settings, paths, a busy folder: the message says what to fix

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rsd_env.verifiers.model_store import with_length_adapter
+from rsd_env.verifiers.length_defaults import with_length_defaults
 
 DEFAULT_CONFIG: dict[str, Any] = {
     # data: any name accepted by rsd_env.data.load_tasks; "trec-dl" test = DL19, train = DL20
@@ -21,8 +21,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # the target LLM: "bundled" (Gemma 3 270M + listwise LoRA), "simulated", "hf:<name or path>",
     # "openai:<base url>", a dict {"kind": ..., **kwargs}, or a Verifier instance
     "verifier": "bundled",
-    # its options; on "bundled" with n > 20 and no "adapter" given, the shipped adapter for that length is
-    # added ("bundled-40" up to 50, "bundled-full" beyond: rsd_env.verifiers.model_store.long_list_adapter)
+    # its options; with none naming them, n picks the shipped target for that length: on "bundled" with
+    # n > 20 the adapter ("bundled-40" up to 50, "bundled-full" beyond: model_store.long_list_adapter), on
+    # "simulated" the profile fitted to that adapter's target ("calibrated-full-list" beyond 50:
+    # rsd_env.verifiers.length_defaults)
     "verifier_kwargs": {},
     # T: verification rounds per episode; an int, or [lo, hi] to draw T per episode from the env's seeded
     # RNG (training one agent for every budget); reset(options={"budget": t}) sets it for one episode
@@ -77,8 +79,7 @@ def resolve_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(config["verifier_kwargs"], dict):
         raise ValueError(f"config 'verifier_kwargs' must be a dict of verifier options, got "
                          f"{config['verifier_kwargs']!r}")
-    if config["verifier"] == "bundled":
-        config["verifier_kwargs"] = with_length_adapter(config["verifier_kwargs"], config["n"])
+    config["verifier_kwargs"] = with_length_defaults(config["verifier"], config["verifier_kwargs"], config["n"])
     if config["max_tasks"] is not None:
         config["max_tasks"] = _integer(config["max_tasks"], "max_tasks", 1, "or None for all tasks")
     if config["reward"] not in REWARDS:

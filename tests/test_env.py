@@ -321,6 +321,7 @@ def test_bad_config_is_named(config, message):
         ({"n": 100, "verifier_kwargs": {"adapter": "bundled"}}, "bundled"),
         ({"n": 100, "verifier_kwargs": {"adapter": None}}, None),
         ({"n": 100, "verifier": "simulated"}, "unset"),
+        ({"n": 100, "verifier": {"kind": "bundled"}}, "bundled-full"),
     ],
 )
 def test_long_lists_on_the_bundled_model_get_the_adapter_for_their_length(config, adapter):
@@ -330,6 +331,39 @@ def test_long_lists_on_the_bundled_model_get_the_adapter_for_their_length(config
     assert resolved["verifier_kwargs"].get("adapter", "unset") == adapter
     given = config.get("verifier_kwargs")
     assert given is None or resolved["verifier_kwargs"] == given  # the caller's dict is neither changed nor replaced
+
+
+@pytest.mark.parametrize(
+    "config, profile",
+    [
+        ({"n": 20}, "calibrated"),
+        ({"n": 50}, "calibrated"),
+        ({"n": 51}, "calibrated-full-list"),
+        ({"n": 100}, "calibrated-full-list"),
+        ({"n": 100, "verifier_kwargs": {"profile": "legacy"}}, "legacy"),
+        ({"n": 100, "verifier": {"kind": "simulated", "profile": "legacy"}}, "legacy"),
+        ({"n": 100, "verifier": {"kind": "simulated", "seed": 3}}, "calibrated-full-list"),
+    ],
+)
+def test_the_simulator_stands_in_for_the_target_of_its_length(config, profile):
+    """RSDRankSim-v0 at n = 100 simulates the full-list target (whose single-token ranking agrees with its AR
+    order at tau ~0.6), not the N = 20 fit (~0.97 there); a profile the caller names is kept."""
+    env = gym.make("RSDRankSim-v0", config={"split": "test", "data": {"count": 4}, **config}).unwrapped
+    assert env.verifier.profile == profile
+    overrides = {k: v for k, v in (config.get("verifier") or {}).items() if k not in ("kind", "profile")}
+    assert env.verifier.params == {**rsd_env.verifiers.simulated.profile_params(profile), **overrides}
+
+
+def test_length_defaults_keep_what_the_caller_names():
+    """A dict spec's own adapter or profile wins over the length default (make_verifier would let options
+    override it), and verifiers without shipped targets get their options back unchanged."""
+    from rsd_env.verifiers.length_defaults import with_length_defaults
+
+    assert with_length_defaults({"kind": "bundled"}, {}, 100) == {"adapter": "bundled-full"}
+    assert with_length_defaults({"kind": "bundled", "adapter": None}, {}, 100) == {}
+    assert with_length_defaults({"kind": "simulated", "profile": "legacy"}, {}, 100) == {}
+    assert with_length_defaults("simulated", {"seed": 2}, 100) == {"seed": 2, "profile": "calibrated-full-list"}
+    assert with_length_defaults("hf:some/model", {"dtype": "float32"}, 100) == {"dtype": "float32"}
 
 
 def test_bad_actions_are_named():

@@ -189,6 +189,26 @@ def _run(args, tmp: Path, name: str = "out", *extra) -> Path:
     return out
 
 
+def test_threads_sets_torch_threads_and_refuses_zero(dl19, tmp_path, capsys):
+    """rsd-rerank --threads as rsd-eval's: one torch thread per process when reranks share a machine; 0 is
+    refused before the output folder is touched."""
+    import torch
+
+    queries, _ = dl19
+    args = _trec_inputs(tmp_path, queries[:1])
+    threads = torch.get_num_threads()
+    try:
+        _run(args, tmp_path, "one", "--top", "20", "--method", "std", "--threads", "1")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*args, "--verifier", "simulated", "--output", str(tmp_path / "zero"), "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --threads: must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
+
+
 def test_trec_round_trip(dl19, tmp_path):
     queries, _ = dl19
     args = _trec_inputs(tmp_path, queries[:3])
@@ -395,8 +415,8 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
 
 def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
     """A window over 20 on the bundled model uses the adapter trained for such lengths (the N = 20 one copies
-    the shown order at N = 100): bundled-40 up to 50, bundled-full beyond; an explicit adapter, 20-windows
-    and other verifiers are left alone."""
+    the shown order at N = 100): bundled-40 up to 50, bundled-full beyond; the simulated verifier gets the
+    profile fitted to that target; an explicit adapter or profile and 20-windows are left alone."""
     def options(*argv: str) -> dict:
         return cli.verifier_options(cli.parse_args(["--dataset", "dl19", *argv]))
 
@@ -405,12 +425,14 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
     assert options("--window", "40", "--stride", "30") == {"adapter": "bundled-40"}
     assert options("--window", "50") == {"adapter": "bundled-40"}
     assert options("--window", "51") == {"adapter": "bundled-full"}
-    assert options("--window", "40", "--verifier", "simulated") == {}
+    assert options("--window", "40", "--verifier", "simulated") == {}  # no N = 40 profile: the N = 20 one
     assert options("--full-list", "--verifier-arg", "adapter=bundled") == {"adapter": "bundled"}
     assert options("--full-list", "--verifier-arg", "passage_tokens=16") == {"adapter": "bundled-full",
                                                                             "passage_tokens": 16}
     assert options() == {}
-    assert options("--full-list", "--verifier", "simulated") == {}
+    assert options("--full-list", "--verifier", "simulated") == {"profile": "calibrated-full-list"}
+    named = options("--full-list", "--verifier", "simulated", "--verifier-arg", "profile=legacy")
+    assert named == {"profile": "legacy"}
 
 
 def test_the_default_method_follows_the_window_length(dl19):

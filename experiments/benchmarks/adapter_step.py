@@ -28,7 +28,7 @@ import yaml
 
 from experiments.adapter.data import encode_with_tags, reorder
 from experiments.adapter.train import LORA_TARGETS, add_lora, load_base, make_probe, micro_batch_losses
-from experiments.cli_args import at_least_one
+from experiments.cli_args import add_threads_argument, apply_threads
 from rsd_env.data import load_tasks
 from rsd_env.verifiers.model_store import bundled_model_dir
 from rsd_env.verifiers.prompts import identifier_token_ids
@@ -41,10 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--examples", type=int, default=3, help="timed examples per N (after one warm-up)")
     p.add_argument("--config", type=Path, default=Path("experiments/configs/adapter.yaml"),
                    help="trainer config whose LoRA shape and probe layer are timed")
-    p.add_argument("--threads", type=at_least_one, default=None, help="torch threads (default: torch's choice)")
+    add_threads_argument(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     cfg = yaml.safe_load(args.config.read_text())
     from transformers import AutoTokenizer
 

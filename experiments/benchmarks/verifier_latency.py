@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from experiments.cli_args import at_least_one
+from experiments.cli_args import add_threads_argument, apply_threads
 from rsd_env.data import load_tasks
 from rsd_env.metrics import kendall_tau
 from rsd_env.verifiers.hf import DEFAULT_PASSAGE_TOKENS, HFVerifier, bundled_adapter_dir
@@ -76,13 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--adapter", default="bundled", help="'bundled', 'none' or a peft folder")
     ap.add_argument("--budgets", type=int, nargs="*", default=None, help="passage token budgets for the table")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=at_least_one, default=None,
-                    help="torch CPU threads (default: torch's choice); 1 is far steadier on a loaded machine")
+    add_threads_argument(ap)
     ap.add_argument("--prefill-batch", type=int, default=None,
                     help="prompts in the batched-prefill figure (default 8, quick 4)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     n_tasks = args.tasks or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 6)
     prefill_k = args.prefill_batch or (4 if args.quick else 8)

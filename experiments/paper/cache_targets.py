@@ -20,7 +20,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from experiments.cli_args import at_least_one
+from experiments.cli_args import add_threads_argument, apply_threads
 
 
 def _tasks_and_env(args: argparse.Namespace):
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tasks", type=int, default=None, help="only the first K tasks")
     parser.add_argument("--shard", default="1/1", metavar="I/M",
                         help="every M-th task, starting at the I-th (1-based): run M of these side by side")
-    parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads (default: torch's)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.max_tasks is not None and args.max_tasks < 1:
         parser.error(f"--max-tasks must be >= 1, got {args.max_tasks}")
@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--shard takes I/M with integers, e.g. 1/2; got {args.shard!r}")
     if not 1 <= shard <= shards:
         parser.error(f"--shard I/M needs 1 <= I <= M, got {args.shard!r}")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         env = _tasks_and_env(args)
     except (ValueError, FileNotFoundError) as err:

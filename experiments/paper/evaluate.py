@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 import rsd_env  # noqa: F401  (registers the envs)
 from agents.stopping import adaptive_rule
 from experiments import CONFIGS, report
-from experiments.cli_args import at_least_one
+from experiments.cli_args import add_threads_argument, apply_threads
 from experiments.paper.run_folder import RunFolder
 from experiments.paper.stats import grouped_paired_test, mean_ci, paired_test
 from rsd_env.env import RSDRankEnv
@@ -429,9 +429,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plots", dest="plots", action="store_const", const=False)
     p.add_argument("--quick", action="store_true", help="the smoke-sized grid of the config's quick block")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=at_least_one,
-                   help="torch CPU threads (default: torch's); 1 per process when several evaluations share a "
-                        "machine, for steadier timings")
+    add_threads_argument(p)
     return p.parse_args(argv)
 
 
@@ -440,10 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("config", "quick", "no_progress", "verifier_arg", "threads")}
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.verifier_arg:
         overrides["verifier_kwargs"] = parse_assignments(args.verifier_arg, "--verifier-arg")
     try:
