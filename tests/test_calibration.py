@@ -87,15 +87,21 @@ def test_a_fit_outside_the_tolerance_writes_no_profile(tmp_path):
     assert fit["max_gap"] > config["tolerance"]
 
 
-def test_the_approximate_full_list_profile_reproduces_its_recorded_fit():
-    """``full-list-approx`` missed the tolerance (so it is not a fitted profile), but it is the simulator of
-    the full-list target that recipes get screened on: its figures must stay what its entry says, with STD
-    far from AR and the up-to-down heuristic close, as on the real target at N = 100."""
-    approx = load_profiles()["full-list-approx"]["approx_fit"]
-    _, got = _remeasure("full-list-approx", approx)
+APPROXIMATE = [name for name, entry in load_profiles().items() if "approx_fit" in entry]
+
+
+@pytest.mark.parametrize("name", APPROXIMATE)
+def test_every_approximate_profile_reproduces_its_recorded_fit(name):
+    """An approximate profile (``full-list-approx``, ``n40-approx``: the best fit found, outside the tolerance,
+    so not a fitted profile) is still a length's stand-in for its real target: its figures must stay what
+    its entry says, each within twice the tolerance, with STD far from AR and the up-to-down heuristic close
+    and gaining from a second round, as on the real target at that length."""
+    approx = load_profiles()[name]["approx_fit"]
+    _, got = _remeasure(name, approx)
     gaps = [abs(got[k] - approx["real_kendall_tau"][k]) for k in got]
-    assert max(gaps) == pytest.approx(approx["max_gap"], abs=1e-4) and max(gaps) > approx["tolerance"]
-    assert got["std@T=1"] < 0.65 < 0.85 < got["heuristic@T=1"] < got["heuristic@T=2"]
+    assert max(gaps) == pytest.approx(approx["max_gap"], abs=1e-4)
+    assert approx["tolerance"] < max(gaps) <= 2 * approx["tolerance"]
+    assert got["std@T=1"] + 0.1 < got["heuristic@T=1"] < got["heuristic@T=2"]
 
 
 def test_the_real_side_gets_the_bundled_adapter_for_its_prompt_length():

@@ -337,7 +337,8 @@ def test_long_lists_on_the_bundled_model_get_the_adapter_for_their_length(config
     "config, profile",
     [
         ({"n": 20}, "calibrated"),
-        ({"n": 50}, "calibrated"),
+        ({"n": 21}, "n40-approx"),
+        ({"n": 50}, "n40-approx"),
         ({"n": 51}, "calibrated-full-list"),
         ({"n": 100}, "calibrated-full-list"),
         ({"n": 100, "verifier_kwargs": {"profile": "legacy"}}, "legacy"),

@@ -425,7 +425,7 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
     assert options("--window", "40", "--stride", "30") == {"adapter": "bundled-40"}
     assert options("--window", "50") == {"adapter": "bundled-40"}
     assert options("--window", "51") == {"adapter": "bundled-full"}
-    assert options("--window", "40", "--verifier", "simulated") == {}  # no N = 40 profile: the N = 20 one
+    assert options("--window", "40", "--verifier", "simulated") == {"profile": "n40-approx"}
     assert options("--full-list", "--verifier-arg", "adapter=bundled") == {"adapter": "bundled"}
     assert options("--full-list", "--verifier-arg", "passage_tokens=16") == {"adapter": "bundled-full",
                                                                             "passage_tokens": 16}
@@ -461,7 +461,8 @@ def test_the_default_method_follows_the_window_length(dl19):
 
 
 def test_the_python_reranker_also_loads_the_adapter_for_its_window_length(monkeypatch):
-    """SlidingWindowReranker(verifier="bundled") with windows of 40 gets bundled-40, as rsd-rerank does."""
+    """SlidingWindowReranker(verifier="bundled") with windows of 40 gets bundled-40, as rsd-rerank does, and
+    "simulated" the profile that stands in for it."""
     import agents.rerank as module
 
     asked = []
@@ -470,4 +471,4 @@ def test_the_python_reranker_also_loads_the_adapter_for_its_window_length(monkey
         SlidingWindowReranker("heuristic", "bundled", WindowSpec(top=100, window=window, stride=min(window, 30)))
     SlidingWindowReranker("heuristic", "simulated", WindowSpec(top=100, window=40, stride=30))
     assert asked == [("bundled", {}), ("bundled", {"adapter": "bundled-40"}),
-                     ("bundled", {"adapter": "bundled-full"}), ("simulated", {})]
+                     ("bundled", {"adapter": "bundled-full"}), ("simulated", {"profile": "n40-approx"})]
