@@ -16,7 +16,7 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, extra: str = "") -> None:
+def add_threads_argument(parser: argparse.ArgumentParser, extra: str = "") -> None:
     """``--threads``: torch's CPU threads in this process (timings are steadier with 1 per process when
     several jobs share a machine; two OpenMP pools on one core wait on each other)."""
     parser.add_argument("--threads", type=at_least_one, default=None,

@@ -23,8 +23,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "verifier": "bundled",
     # its options; with none naming them, n picks the shipped target for that length: on "bundled" with
     # n > 20 the adapter ("bundled-40" up to 50, "bundled-full" beyond: model_store.long_list_adapter), on
-    # "simulated" the profile fitted to that adapter's target ("calibrated-full-list" beyond 50:
-    # rsd_env.verifiers.length_defaults)
+    # "simulated" the profile that stands in for that adapter's target ("n40-approx" up to 50,
+    # "calibrated-full-list" beyond: rsd_env.verifiers.length_defaults)
     "verifier_kwargs": {},
     # T: verification rounds per episode; an int, or [lo, hi] to draw T per episode from the env's seeded
     # RNG (training one agent for every budget); reset(options={"budget": t}) sets it for one episode

@@ -25,7 +25,7 @@ SIMULATED_PROFILES: dict[str | None, str] = {
 
 
 def simulated_profile(n: int) -> str:
-    """The simulated profile fitted to the bundled target that ``n`` candidates per prompt run against."""
+    """The simulated profile that stands in for the bundled target ``n`` candidates per prompt run against."""
     return SIMULATED_PROFILES[long_list_adapter(n)]
 
 
