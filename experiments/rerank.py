@@ -31,6 +31,7 @@ from experiments.rerank_output import RerankOutput, input_digest
 from rsd_env.data.beir import beir_run
 from rsd_env.data.trec import BUNDLED_TREC, QueryHits, load_bundled, read_qrels, read_rank_llm, read_trec_run
 from rsd_env.settings import parse_assignments
+from rsd_env.verifiers.length_defaults import with_length_defaults
 
 MEASURES = {"ndcg_cut_10": "NDCG@10", "map": "MAP", "recall_100": "R@100"}
 
@@ -204,8 +205,6 @@ def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
     window's length: on the bundled model the adapter trained for it when it is over 20 (the N = 20 adapter
     copies the order it is shown in long prompts; ``long_list_adapter`` and docs/long-lists.md say which is
     best at which length), on the simulated verifier the profile fitted to that adapter's target."""
-    from rsd_env.verifiers.length_defaults import with_length_defaults
-
     options = parse_assignments(args.verifier_arg, "--verifier-arg")
     return with_length_defaults(args.verifier, options, window_spec(args).window)
 

@@ -38,6 +38,7 @@ def with_length_defaults(spec: Any, options: dict[str, Any], n: int) -> dict[str
         kind, named = spec.get("kind"), named | set(spec)
     if kind == "bundled" and "adapter" not in named:
         return with_length_adapter(options, n)
-    if kind == "simulated" and "profile" not in named and simulated_profile(n) != DEFAULT_PROFILE:
-        return {**options, "profile": simulated_profile(n)}
+    if kind == "simulated" and "profile" not in named:
+        profile = simulated_profile(n)
+        return options if profile == DEFAULT_PROFILE else {**options, "profile": profile}
     return options
