@@ -178,7 +178,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="rank the whole top-k in one prompt: one window of --top candidates (like --window "
                         "<top> --stride <top>); the LLM's tokenizer must have that many single-token identifiers. "
                         "With --verifier bundled, a window over 20 uses the shipped adapter trained for its length "
-                        "(bundled-40 up to 50, bundled-full beyond) unless --verifier-arg adapter=... says otherwise")
+                        "(bundled-40 up to 50, bundled-60 up to 60, bundled-full beyond) unless --verifier-arg "
+                        "adapter=... says otherwise")
     p.add_argument("--verifier", default="bundled", help="bundled | simulated | hf:<model> | openai:<url>")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="verifier option (YAML value), repeatable: --verifier-arg passage_tokens=20")

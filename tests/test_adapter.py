@@ -15,18 +15,21 @@ import pytest
 from experiments.adapter.data import reorder
 from experiments.adapter.eval import SHIPPED_ADAPTER, Ranker, tau_with_order
 from rsd_env.data import load_tasks
-from rsd_env.verifiers.model_store import BUNDLED_MODEL
+from rsd_env.verifiers.model_store import BUNDLED_ADAPTERS, BUNDLED_MODEL, bundled_adapter_dir
 from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS
 
 pytestmark = pytest.mark.llm  # no skip: missing adapter weights must fail here, not pass silently
 
 
-def test_shipped_adapter_files_point_at_the_bundled_base():
-    cfg = json.loads((SHIPPED_ADAPTER / "adapter_config.json").read_text())
+@pytest.mark.parametrize("name", sorted(BUNDLED_ADAPTERS))
+def test_shipped_adapter_files_point_at_the_bundled_base(name: str) -> None:
+    """Every adapter a verifier can name ships its weights, a config on the bundled base and a model card."""
+    folder = bundled_adapter_dir(name)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == BUNDLED_MODEL
-    weights = SHIPPED_ADAPTER / "adapter_model.safetensors"
+    weights = folder / "adapter_model.safetensors"
     assert 0.5e6 < weights.stat().st_size < 20e6
-    assert (SHIPPED_ADAPTER / "README.md").exists()
+    assert (folder / "README.md").exists()
 
 
 def test_adapter_ranks_by_content_not_position():

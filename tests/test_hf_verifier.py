@@ -407,11 +407,12 @@ def test_a_full_list_of_100_candidates(verifier: hf.HFVerifier) -> None:
         verifier.passage_tokens = old
 
 
-@pytest.mark.parametrize("adapter, n", [(hf.FULL_LIST_ADAPTER, 100), (hf.LIST_40_ADAPTER, 40)])
+@pytest.mark.parametrize("adapter, n", [(hf.FULL_LIST_ADAPTER, 100), (hf.LIST_40_ADAPTER, 40),
+                                        (hf.LIST_60_ADAPTER, 50)])
 def test_the_long_list_adapters_ship_and_load_by_name(verifier: hf.HFVerifier, adapter: str, n: int) -> None:
-    """adapter="bundled-full" / "bundled-40" merge the shipped long-list adapters (other weights than the
-    N = 20 one, so another model fingerprint and other scores) and score a prompt of the N each was trained
-    for."""
+    """adapter="bundled-full" / "bundled-40" / "bundled-60" merge the shipped long-list adapters (other weights
+    than the N = 20 one, so another model fingerprint and other scores) and score a prompt of the N each is
+    meant for."""
     long_list = hf.HFVerifier(adapter=adapter, passage_tokens=4, target_cache=False)
     assert long_list.adapter == str(hf.bundled_adapter_dir(adapter))
     assert long_list.fingerprint() != verifier.fingerprint()

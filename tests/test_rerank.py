@@ -415,8 +415,9 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
 
 def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
     """A window over 20 on the bundled model uses the adapter trained for such lengths (the N = 20 one copies
-    the shown order at N = 100): bundled-40 up to 50, bundled-full beyond; the simulated verifier gets the
-    profile fitted to that target; an explicit adapter or profile and 20-windows are left alone."""
+    the shown order at N = 100): bundled-40 up to 50, bundled-60 up to 60, bundled-full beyond; the simulated
+    verifier gets the profile fitted to that target; an explicit adapter or profile and 20-windows are left
+    alone."""
     def options(*argv: str) -> dict:
         return cli.verifier_options(cli.parse_args(["--dataset", "dl19", *argv]))
 
@@ -424,7 +425,8 @@ def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
     assert options("--full-list", "--top", "40") == {"adapter": "bundled-40"}
     assert options("--window", "40", "--stride", "30") == {"adapter": "bundled-40"}
     assert options("--window", "50") == {"adapter": "bundled-40"}
-    assert options("--window", "51") == {"adapter": "bundled-full"}
+    assert options("--window", "51") == {"adapter": "bundled-60"}
+    assert options("--window", "61") == {"adapter": "bundled-full"}
     assert options("--window", "40", "--verifier", "simulated") == {"profile": "n40-approx"}
     assert options("--full-list", "--verifier-arg", "adapter=bundled") == {"adapter": "bundled"}
     assert options("--full-list", "--verifier-arg", "passage_tokens=16") == {"adapter": "bundled-full",

@@ -37,6 +37,7 @@ from rsd_env.verifiers.hf_model import (
     BUNDLED_ADAPTERS,
     FULL_LIST_ADAPTER,
     LIST_40_ADAPTER,
+    LIST_60_ADAPTER,
     bundled_adapter_dir,
     load_model,
     model_digest,
@@ -52,8 +53,8 @@ from rsd_env.verifiers.prompts import DEFAULT_PASSAGE_TOKENS, check_passage_toke
 from rsd_env.verifiers.target_cache import TargetCache
 
 # names other modules import from here
-__all__ = ["HFVerifier", "BUNDLED_ADAPTER", "BUNDLED_ADAPTERS", "FULL_LIST_ADAPTER", "LIST_40_ADAPTER", "BUNDLED_MODEL",
-           "DEFAULT_PASSAGE_TOKENS", "bundled_adapter_dir", "full_forward_rows"]
+__all__ = ["HFVerifier", "BUNDLED_ADAPTER", "BUNDLED_ADAPTERS", "FULL_LIST_ADAPTER", "LIST_40_ADAPTER",
+           "LIST_60_ADAPTER", "BUNDLED_MODEL", "DEFAULT_PASSAGE_TOKENS", "bundled_adapter_dir", "full_forward_rows"]
 
 _CHECK_N = 20  # identifiers checked at load time (the project's N); other N are checked on first use
 
@@ -75,7 +76,8 @@ class HFVerifier(ReferencePaths, Verifier):
     ``model``: ``BUNDLED_MODEL`` (offline Gemma 3 270M), a local folder, or a hub name.
     ``adapter``: ``"bundled"`` (the shipped ranking LoRA, trained on 20 candidates, merged at load),
     ``"bundled-full"`` (its second stage, trained on whole top-100 lists), ``"bundled-40"`` (a third stage,
-    trained on top-40 lists: the longest N that meets issue 21's bars), ``None`` (raw model), or a peft
+    trained on top-40 lists: it meets issue 21's bars at N = 40), ``"bundled-60"`` (a fourth, trained on
+    top-60 lists: it meets them at N = 50, narrowly, not at 60), ``None`` (raw model), or a peft
     adapter folder. ``target_cache``: True = ``cache_root()/targets``, a folder, or False.
     ``prompt_cache_mb`` caps the per-task prompt KV kept across calls (LRU over tasks);
     ``prefix_cache_mb`` caps each task's store of verified proposals used for prefix reuse.

@@ -22,6 +22,7 @@ from rsd_env.verifiers.model_store import (  # noqa: F401  (re-exported: the ada
     BUNDLED_MODEL,
     FULL_LIST_ADAPTER,
     LIST_40_ADAPTER,
+    LIST_60_ADAPTER,
     bundled_adapter_dir,
     bundled_model_dir,
     long_list_adapter,

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsd_env.verifiers.model_store import FULL_LIST_ADAPTER, LIST_40_ADAPTER, long_list_adapter, with_length_adapter
+from rsd_env.verifiers.model_store import (
+    FULL_LIST_ADAPTER,
+    LIST_40_ADAPTER,
+    LIST_60_ADAPTER,
+    long_list_adapter,
+    with_length_adapter,
+)
 from rsd_env.verifiers.simulated import DEFAULT_PROFILE
 
 # the simulated profile fitted to the target of each bundled adapter (None: the N = 20 adapter); bundled-40's
 # is the best fit found, just outside the +-0.01 tolerance (max gap 0.0121), where the N = 20 and full-list
-# profiles miss that target by 0.21 and 0.14
+# profiles miss that target by 0.21 and 0.14; bundled-60's target has no fit of its own and keeps the full-list
+# profile that n of 51-60 ran before bundled-60 shipped
 SIMULATED_PROFILES: dict[str | None, str] = {
     None: DEFAULT_PROFILE,
     LIST_40_ADAPTER: "n40-approx",
+    LIST_60_ADAPTER: "calibrated-full-list",
     FULL_LIST_ADAPTER: "calibrated-full-list",
 }
 
