@@ -273,3 +273,14 @@ def test_a_silent_server_fails_within_the_configured_time_and_logs_retries(caplo
     client = object.__new__(OpenAIVerifier)
     client.timeout, client.retries, client.backoff = defaults["timeout"], defaults["retries"], defaults["backoff"]
     assert client.worst_case_seconds < 60  # the first request of a default client gives up within a minute
+
+
+def test_adapter_eval_refuses_zero_threads_before_loading_the_model(tmp_path, capsys):
+    """The adapter evaluation takes --threads as rsd-eval and rsd-rerank do (one thread per process when two
+    evaluations share a machine) and refuses 0 with argparse's one-line error, writing nothing."""
+    from experiments.adapter.eval import main as adapter_eval_main
+
+    out = tmp_path / "m.json"
+    with pytest.raises(SystemExit):
+        adapter_eval_main(["--threads", "0", "--out", str(out)])
+    assert "argument --threads: must be >= 1, got 0" in capsys.readouterr().err and not out.exists()

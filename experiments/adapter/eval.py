@@ -21,6 +21,7 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from experiments.adapter.data import MiniLMTeacher, reorder
+from experiments.cli_args import add_threads_argument, apply_threads
 from rsd_env.data import load_tasks
 from rsd_env.data.task import RankingTask
 from rsd_env.io import write_text
@@ -154,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                    "0 skips ML-100K)")
     p.add_argument("--no-teacher", action="store_true", help="skip the MiniLM teacher baseline")
     p.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
+    add_threads_argument(p)
     args = p.parse_args(argv)
+    apply_threads(args.threads)
     adapter = None if args.adapter.lower() == "none" else args.adapter
     ranker = Ranker(args.model, adapter, args.device, args.passage_tokens)
     seeds = tuple(int(s) for s in args.seeds.split(","))
