@@ -1,6 +1,8 @@
 """The adapter trainer's losses and data plumbing, on synthetic inputs (the real run is too long for CI)."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +260,45 @@ def test_one_training_step_on_a_mixed_n_file_moves_the_adapter_and_it_can_seed_a
     # ... and says what to change if it does not
     with pytest.raises(SystemExit, match="its r is 2, this run's is 4; set rank/alpha/first_layer"):
         load_adapter_folder(fresh(4), out)
+
+
+SHIPPED_ADAPTERS = sorted(Path(__file__).resolve().parents[1].glob("rsd_env/verifiers/adapters/*/training_meta.json"))
+
+
+@pytest.mark.parametrize("meta_file", SHIPPED_ADAPTERS, ids=lambda p: p.parent.name)
+def test_each_shipped_adapters_config_still_gives_the_options_it_was_trained_with(meta_file, monkeypatch):
+    """The stage configs share a recipe through ``extends``: each must still resolve to what its card records."""
+    from experiments.adapter.train import parse_args
+
+    monkeypatch.chdir(meta_file.parents[4])
+    recorded = json.loads(meta_file.read_text())["args"]
+    def options(argv):
+        return {k: str(v) if isinstance(v, Path) else v for k, v in vars(parse_args(argv)).items()}
+
+    parsed, defaults = options(["--config", recorded["config"]]), options([])
+    for key, value in parsed.items():  # options added after a stage was trained must be at their default
+        assert value == recorded.get(key, defaults[key]), key
+
+
+def test_extends_fills_the_keys_a_config_does_not_set_and_bad_configs_say_what_is_wrong(tmp_path, capsys):
+    from experiments.adapter.train import load_config, parse_args
+
+    (tmp_path / "base.yaml").write_text("lr: 0.001\nrank: 4\n")
+    (tmp_path / "stage.yaml").write_text("extends: base.yaml\nrank: 8\n")
+    assert load_config(tmp_path / "stage.yaml") == {"lr": 0.001, "rank": 8}
+    args = parse_args(["--config", str(tmp_path / "stage.yaml"), "--rank", "2"])
+    assert (args.lr, args.rank) == (0.001, 2)  # the flag beats the file, the file beats its base
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ValueError, match="missing.yaml not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "typo.yaml").write_text("extends: base.yaml\nlearning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(tmp_path / "typo.yaml")])
+    assert "unknown option(s) learning_rate" in capsys.readouterr().err  # not silently ignored
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="YAML mapping"):
+        load_config(tmp_path / "list.yaml")

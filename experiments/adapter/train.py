@@ -90,9 +90,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"])
     args = p.parse_args(argv)
     if args.config is not None:
-        p.set_defaults(**yaml.safe_load(args.config.read_text()))
+        try:
+            config = load_config(args.config)
+        except ValueError as err:
+            p.error(str(err))
+        known = {action.dest for action in p._actions} - {"help", "config"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            p.error(f"{args.config}: unknown option(s) {', '.join(unknown)}; the trainer's options are "
+                    f"{', '.join(sorted(known))} (YAML keys use _ where the flags use -)")
+        p.set_defaults(**config)
         args = p.parse_args(argv)
     return args
+
+
+def load_config(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The options a trainer YAML sets. ``extends: other.yaml`` (a path beside this file) supplies every key this
+    file does not set, so the curriculum's stages keep one shared recipe and list only what differs."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        raise ValueError(f"{path}: 'extends' loops back to it ({' -> '.join(str(p) for p in (*_chain, path))})")
+    if not path.is_file():
+        raise ValueError(f"trainer config {path} not found; pass an existing YAML file to --config "
+                         f"(e.g. experiments/configs/adapter.yaml)")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a trainer config is a YAML mapping of option: value, not {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    return {**load_config(path.parent / str(base), (*_chain, path.resolve())), **raw}
 
 
 def ranking_losses(scores: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

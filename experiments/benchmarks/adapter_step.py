@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from experiments.adapter.data import encode_with_tags, reorder
-from experiments.adapter.train import LORA_TARGETS, add_lora, load_base, make_probe, micro_batch_losses
+from experiments.adapter.train import LORA_TARGETS, add_lora, load_base, load_config, make_probe, micro_batch_losses
 from experiments.cli_args import add_threads_argument, apply_threads
 from rsd_env.data import load_tasks
 from rsd_env.verifiers.model_store import bundled_model_dir
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     add_threads_argument(p)
     args = p.parse_args(argv)
     apply_threads(args.threads)
-    cfg = yaml.safe_load(args.config.read_text())
+    cfg = load_config(args.config)  # follows `extends`, as the trainer does
     from transformers import AutoTokenizer
 
     model_path = str(bundled_model_dir())
