@@ -262,7 +262,8 @@ def test_one_training_step_on_a_mixed_n_file_moves_the_adapter_and_it_can_seed_a
         load_adapter_folder(fresh(4), out)
 
 
-SHIPPED_ADAPTERS = sorted(Path(__file__).resolve().parents[1].glob("rsd_env/verifiers/adapters/*/training_meta.json"))
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_ADAPTERS = sorted(REPO.glob("rsd_env/verifiers/adapters/*/training_meta.json"))
 
 
 @pytest.mark.parametrize("meta_file", SHIPPED_ADAPTERS, ids=lambda p: p.parent.name)
@@ -270,8 +271,9 @@ def test_each_shipped_adapters_config_still_gives_the_options_it_was_trained_wit
     """The stage configs share a recipe through ``extends``: each must still resolve to what its card records."""
     from experiments.adapter.train import parse_args
 
-    monkeypatch.chdir(meta_file.parents[4])
+    monkeypatch.chdir(REPO)  # the recorded config paths are relative to the repo
     recorded = json.loads(meta_file.read_text())["args"]
+
     def options(argv):
         return {k: str(v) if isinstance(v, Path) else v for k, v in vars(parse_args(argv)).items()}
 

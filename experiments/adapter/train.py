@@ -35,7 +35,7 @@ import yaml
 
 from agents.plackett_luce import log_prob
 from experiments.adapter.data import Examples, prepare
-from rsd_env.io import atomic_path, write_json
+from rsd_env.io import atomic_path, read_text, write_json
 from rsd_env.verifiers.hf_model import peft_wrapping
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
@@ -110,10 +110,12 @@ def load_config(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if path.resolve() in _chain:
         raise ValueError(f"{path}: 'extends' loops back to it ({' -> '.join(str(p) for p in (*_chain, path))})")
-    if not path.is_file():
+    try:
+        text = read_text(path, "trainer config")  # the project's reader: folders, encoding, BOM
+    except FileNotFoundError as err:
         raise ValueError(f"trainer config {path} not found; pass an existing YAML file to --config "
-                         f"(e.g. experiments/configs/adapter.yaml)")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                         f"(e.g. experiments/configs/adapter.yaml)") from err
+    raw = yaml.safe_load(text) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a trainer config is a YAML mapping of option: value, not {type(raw).__name__}")
     base = raw.pop("extends", None)
