@@ -25,7 +25,7 @@ from rsd_env.metrics import agreement
 __all__ = [
     "MethodResult", "RankingMethod", "ARMethod", "STDMethod", "SDMethod", "DecoderMethod", "HeuristicMethod",
     "StaleAwareMethod", "SDDecodeMethod", "RandomMethod", "IdentityMethod", "AgentMethod", "make_method",
-    "rank_tasks", "summarize", "order_to_action", "METHODS", "DECODERS",
+    "rank_tasks", "summarize", "order_to_action", "METHODS", "DECODERS", "BUDGET_FREE",
 ]
 
 
@@ -66,6 +66,7 @@ class RankingMethod:
 
     name: str = "method"
     hand_written_decoder: bool = False  # a candidate for "the decoder to beat" in the tables
+    uses_budget: bool = True  # False: the same ranking at every T (AR, STD); tables name it without a T
     cold: bool = True  # drop the verifier's per-task caches before ranking (honest latency)
     stop_rules: tuple[StopRule, ...] = ()  # stop verifying early (agents.stopping): deadline, adaptive budget
 
@@ -123,6 +124,7 @@ class STDMethod(RankingMethod):
     """Single-token decoding (FIRST): the first-token order, zero verification rounds."""
 
     name = "std"
+    uses_budget = False
 
     def rounds(self, env: RSDRankEnv) -> int:
         return 0
@@ -237,6 +239,7 @@ class ARMethod(RankingMethod):
     """
 
     name = "ar"
+    uses_budget = False
 
     def rank(self, env: RSDRankEnv, task_id: str) -> MethodResult:
         env = env.unwrapped
@@ -319,6 +322,7 @@ METHODS: dict[str, type[RankingMethod]] = {
     "identity": IdentityMethod,
 }
 DECODERS: tuple[str, ...] = tuple(name for name, cls in METHODS.items() if cls.hand_written_decoder)
+BUDGET_FREE: frozenset[str] = frozenset(name for name, cls in METHODS.items() if not cls.uses_budget)
 
 
 def make_method(spec: str, **kwargs: Any) -> RankingMethod:

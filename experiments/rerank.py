@@ -265,6 +265,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seconds = time.perf_counter() - start
             summary = summarise(output.results(), requests, qrels, seconds, len(todo))
             summary["settings"] = settings
+            # AR and STD rank the same at every T: their line names no budget
+            summary["label"] = f"{args.method} T={args.budget}" if method.uses_budget else args.method
             report.write_json(output.summary, summary)
     except KeyboardInterrupt:  # every write is atomic: what was saved is complete
         raise Interrupted(f"interrupted; the {len(output.done)} completed queries are saved in {output.folder}: "
@@ -288,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rsd-rerank: interrupted before any query was reranked; {args.output} is as it was",
               file=sys.stderr)
         return 130
-    print(format_summary(summary, f"{args.method} T={args.budget}"))
+    print(format_summary(summary, summary["label"]))
     print(f"wrote {args.output}/run.trec, rerank.jsonl, summary.json")
     return 0
 

@@ -380,6 +380,53 @@ def test_comparison_table_against_the_reference_run(tmp_path, capsys):
     assert "different inputs" in capsys.readouterr().err
 
 
+def test_comparison_table_pairs_each_run_with_a_baseline(tmp_path, capsys):
+    """--baseline heuristic pairs each run with the heuristic at its own budget: mean τ difference, queries
+    closer / further and the Wilcoxon p over queries, recomputed here with scipy from the written runs; a
+    budget-free run (AR) is not paired with a budgeted baseline; a folder pairs every run with that run."""
+    from scipy.stats import kendalltau, wilcoxon
+
+    from experiments.paper import rerank_table
+
+    common = ["--dataset", "dl19", "--max-queries", "6", "--top", "30"]
+    ar = _run([*common, "--method", "ar"], tmp_path, "ar")
+    assert "ar: 6 queries" in capsys.readouterr().out  # no "T=2": AR ranks the same at every budget
+    runs = {(m, t): _run([*common, "--method", m, "--budget", str(t)], tmp_path, f"{m}.T{t}")
+            for m in ("sd", "heuristic") for t in (1, 2)}
+    assert "sd T=2: 6 queries" in capsys.readouterr().out
+    args = [*map(str, runs.values()), str(ar), "--reference", str(ar), "--top", "30"]
+    assert rerank_table.main([*args, "--baseline", "heuristic", "--json", str(tmp_path / "t.json")]) == 0
+    assert "| τ − heuristic's (queries closer / further, p) |" in capsys.readouterr().out
+    rows = {r["label"]: r for r in json.loads((tmp_path / "t.json").read_text())["rows"]}
+    reference = rerank_table.load_run(ar)[1]
+
+    def taus(folder):
+        run = rerank_table.load_run(folder)[1]
+        return np.array([kendalltau(range(30), [reference[q].docids.index(d) for d in run[q].docids[:30]])[0]
+                         for q in reference])
+
+    for t in (1, 2):
+        diff = taus(runs["sd", t]) - taus(runs["heuristic", t])
+        assert np.count_nonzero(diff) >= 3  # the pairing has something to test
+        paired = rows[f"SD, T = {t}"]["tau_vs_baseline"]
+        assert paired["baseline"] == f"up-to-down heuristic, T = {t}"
+        assert paired["delta"] == pytest.approx(diff.mean())
+        assert (paired["better"], paired["worse"], paired["queries"]) == ((diff > 0).sum(), (diff < 0).sum(), 6)
+        assert paired["p"] == pytest.approx(wilcoxon(diff, zero_method="zsplit").pvalue)
+        assert "tau_vs_baseline" not in rows[f"up-to-down heuristic, T = {t}"]
+    assert "tau_vs_baseline" not in rows["AR windows"]
+    # a folder: every other run against that one run, whatever its budget
+    assert rerank_table.main([*args, "--baseline", str(runs["heuristic", 2]), "--json", str(tmp_path / "f.json")]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "f.json").read_text())["rows"]}
+    assert rows["SD, T = 1"]["tau_vs_baseline"]["delta"] == pytest.approx(
+        (taus(runs["sd", 1]) - taus(runs["heuristic", 2])).mean())
+    assert rows["AR windows"]["tau_vs_baseline"]["better"] >= 1  # AR itself: τ 1 against the reference
+    assert "tau_vs_baseline" not in rows["up-to-down heuristic, T = 2"]
+    capsys.readouterr()
+    assert rerank_table.main([*args, "--baseline", "stale-aware"]) == 2
+    assert "neither an rsd-rerank output folder nor the method of one of the runs" in capsys.readouterr().err
+
+
 def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl19, tmp_path):
     """Its default method is the fine-tuned full-list agent (the largest gain over the heuristic at N = 100);
     the other agents shipped for N = 100 run there too."""
