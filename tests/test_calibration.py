@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from experiments.config_files import load_yaml_config
 from experiments.paper.calibrate_simulator import (
     DEFAULT_CONFIG,
     OBJECTIVES,
@@ -42,7 +43,7 @@ FITTED = [name for name, entry in load_profiles().items() if "fit" in entry]
 def _remeasure(name: str, fit: dict) -> tuple[dict, dict[str, float]]:
     """(the fit's config, every statistic re-measured on the profile's own synthetic tasks), after checking
     each equals the simulated value the fit recorded."""
-    config = yaml.safe_load((REPO / fit["config"] if "config" in fit else DEFAULT_CONFIG).read_text())
+    config = load_yaml_config(REPO / fit["config"] if "config" in fit else DEFAULT_CONFIG)
     stats = [(m, int(t)) for m, t in config["stats"]]
     got = measure(sim_tasks(config), SimulatedVerifier(name), stats, fit["env"])
     for key, value in fit["simulated_kendall_tau"].items():
@@ -152,3 +153,26 @@ def test_search_start_makes_a_profile_the_first_trial():
     config["search"]["start"] = "nope"
     with pytest.raises(ValueError, match="unknown simulator profile 'nope'"):
         fit(config, [("std", 1)], {"std@T=1": 0.9}, trials=1)
+
+
+def test_a_fit_to_another_target_extends_its_recipe_and_refuses_real_stats_of_another(tmp_path, capsys):
+    """calibrate_n40_b60.yaml is calibrate_n40.yaml with bundled-60 as the real target (its mappings merge key
+    by key, so the prompt cache setting stays); a real.json measured on another adapter is refused, not fitted."""
+    base = load_yaml_config(REPO / "experiments/configs/calibrate_n40.yaml")
+    config = load_yaml_config(REPO / "experiments/configs/calibrate_n40_b60.yaml")
+    assert real_verifier_options(base) == {"adapter": "bundled-40", "prompt_cache_mb": 10000}
+    assert real_verifier_options(config) == {"adapter": "bundled-60", "prompt_cache_mb": 10000}
+    assert {k: v for k, v in config.items() if k not in ("real", "profile")} == \
+        {k: v for k, v in base.items() if k not in ("real", "profile")}
+    assert config["profile"] == "calibrated-n40-b60" and config["real"]["data"] == base["real"]["data"]
+    real = {"verifier": "bundled", "verifier_options": real_verifier_options(base), "dataset": "trec-dl",
+            "tasks": 162, "env": config["env"], "kendall_tau": {f"{m}@T={t}": 0.5 for m, t in config["stats"]}}
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    with pytest.raises(SystemExit):
+        calibrate_main(["--config", str(REPO / "experiments/configs/calibrate_n40_b60.yaml"), "--real-stats",
+                        str(tmp_path / "real.json"), "--dry-run", "--output", str(tmp_path / "out")])
+    assert "measured with verifier options {'adapter': 'bundled-40'" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("extends: calibrate.yaml\nstats: [[std, 1]\n")
+    with pytest.raises(SystemExit):
+        calibrate_main(["--config", str(tmp_path / "bad.yaml")])
+    assert "bad.yaml line 3 is not valid YAML" in capsys.readouterr().err

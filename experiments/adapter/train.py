@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from agents.plackett_luce import log_prob
 from experiments.adapter.data import Examples, prepare
-from rsd_env.io import atomic_path, read_text, write_json
+from experiments.config_files import load_yaml_config
+from rsd_env.io import atomic_path, write_json
 from rsd_env.verifiers.hf_model import peft_wrapping
 from rsd_env.verifiers.model_store import BUNDLED_MODEL, bundled_model_dir
 
@@ -104,24 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_config(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_config(path: Path) -> dict[str, Any]:
     """The options a trainer YAML sets. ``extends: other.yaml`` (a path beside this file) supplies every key this
     file does not set, so the curriculum's stages keep one shared recipe and list only what differs."""
-    path = Path(path)
-    if path.resolve() in _chain:
-        raise ValueError(f"{path}: 'extends' loops back to it ({' -> '.join(str(p) for p in (*_chain, path))})")
-    try:
-        text = read_text(path, "trainer config")  # the project's reader: folders, encoding, BOM
-    except FileNotFoundError as err:
-        raise ValueError(f"trainer config {path} not found; pass an existing YAML file to --config "
-                         f"(e.g. experiments/configs/adapter.yaml)") from err
-    raw = yaml.safe_load(text) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a trainer config is a YAML mapping of option: value, not {type(raw).__name__}")
-    base = raw.pop("extends", None)
-    if base is None:
-        return raw
-    return {**load_config(path.parent / str(base), (*_chain, path.resolve())), **raw}
+    return load_yaml_config(path, "trainer config", "experiments/configs/adapter.yaml")
 
 
 def ranking_losses(scores: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

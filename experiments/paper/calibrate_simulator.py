@@ -27,6 +27,7 @@ import yaml
 
 from agents.methods import make_method, rank_tasks, summarize
 from experiments import CONFIGS
+from experiments.config_files import load_yaml_config
 from rsd_env.config import DEFAULT_CONFIG as ENV_DEFAULTS
 from rsd_env.data import load_tasks
 from rsd_env.env import RSDRankEnv
@@ -93,11 +94,20 @@ def real_verifier_options(config: dict[str, Any]) -> dict[str, Any]:
 def real_stats(config: dict[str, Any], stats: list[Stat]) -> dict[str, Any]:
     real = config["real"]
     tasks = real_tasks(config)
-    verifier = make_verifier(real["verifier"], **real_verifier_options(config))
+    options = real_verifier_options(config)
+    verifier = make_verifier(real["verifier"], **options)
     start = time.perf_counter()
     values = measure(tasks, verifier, stats, config.get("env"), progress=True)
-    return {"verifier": real["verifier"], "dataset": real["dataset"], "tasks": len(tasks), "env": config.get("env"),
+    return {"verifier": real["verifier"], "verifier_options": options, "fingerprint": verifier.fingerprint(),
+            "dataset": real["dataset"], "tasks": len(tasks), "env": config.get("env"),
             "seconds": round(time.perf_counter() - start, 1), "kendall_tau": values}
+
+
+def target_name(real: dict[str, Any]) -> str:
+    """``bundled`` or ``bundled (adapter=bundled-60)``: the verifier a real.json was measured on."""
+    options = ", ".join(f"{k}={v}" for k, v in sorted((real.get("verifier_options") or {}).items())
+                        if k != "prompt_cache_mb")  # a cache size does not change the target
+    return f"{real['verifier']} ({options})" if options else real["verifier"]
 
 
 OBJECTIVES = {"squares": lambda gaps: float(sum(g * g for g in gaps)),
@@ -169,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", default=str(PROFILES_FILE), help="profiles YAML to update")
     p.add_argument("--dry-run", action="store_true", help="fit and report, but do not write the profile")
     args = p.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    try:  # follows `extends`: a fit to another target lists only what differs from its recipe
+        config = load_yaml_config(args.config, "calibration config", "experiments/configs/calibrate.yaml")
+    except ValueError as err:
+        p.error(str(err))
     stats: list[Stat] = [(str(m), int(t)) for m, t in config["stats"]]
     out = Path(args.output)
 
@@ -178,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         missing = [stat_key(s) for s in stats if stat_key(s) not in real["kendall_tau"]]
         if missing:
             p.error(f"{args.real_stats} lacks {missing}; rerun without --real-stats to measure them")
+        options = real_verifier_options(config)  # e.g. the adapter: real.json of another target fits the wrong one
+        if "verifier_options" in real and real["verifier_options"] != options:
+            p.error(f"{args.real_stats} was measured with verifier options {real['verifier_options']}, the config "
+                    f"asks for {options}; rerun without --real-stats to measure that target")
         if (real.get("env") or {}) != (config.get("env") or {}):
             p.error(f"{args.real_stats} was measured with env {real.get('env')}, the config asks for "
                     f"{config.get('env')}; rerun without --real-stats to measure the real target again")
@@ -207,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         profiles = load_profiles(args.profiles)
         name = str(config.get("profile", "calibrated"))
         profiles[name] = {
-            "description": (f"fitted by experiments/paper/calibrate_simulator.py to the {real['verifier']} target on "
+            "description": (f"fitted by experiments/paper/calibrate_simulator.py to the {target_name(real)} target on "
                             f"{real['dataset']} ({real['tasks']} tasks), {trials} TPE trials"),
             "params": result["params"],
             "fit": {"real_kendall_tau": {k: round(target[k], 4) for k in result["simulated"]},
