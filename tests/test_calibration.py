@@ -176,3 +176,28 @@ def test_a_fit_to_another_target_extends_its_recipe_and_refuses_real_stats_of_an
     with pytest.raises(SystemExit):
         calibrate_main(["--config", str(tmp_path / "bad.yaml")])
     assert "bad.yaml line 3 is not valid YAML" in capsys.readouterr().err
+
+
+def test_max_floor_share_keeps_the_fit_off_the_observation_floor():
+    """n40-approx puts ~3 % of its log-probs below the env's clip floor (ties the real target never shows);
+    with search.max_floor_share a trial over it loses to any trial within it, and a search that finds none
+    is an error, not a profile."""
+    from experiments.paper.calibrate_simulator import floor_share
+
+    config = load_yaml_config(REPO / "experiments/configs/calibrate_n40.yaml")
+    config["sim"]["count"] = 8
+    tasks = sim_tasks(config)
+    assert floor_share(tasks, SimulatedVerifier("n40-approx")) > 0.01
+    assert floor_share(tasks, SimulatedVerifier("calibrated-full-list")) == 0.0
+    stats = [("std", 1), ("heuristic", 1)]
+    target = {"std@T=1": 0.74, "heuristic@T=1": 0.93}
+    config["search"] = {"trials": 6, "objective": "max_gap", "seed": 0, "max_floor_share": 0.0,
+                        "start": {"temperature": 0.05, "noise": 10.0},  # the first trial: far over the floor
+                        "space": {"temperature": [0.02, 2.0], "noise": [5.0, 10.0]}}
+    assert floor_share(tasks, SimulatedVerifier("legacy", temperature=0.05, noise=10.0)) > 0.1
+    result = fit(config, stats, target, trials=6)
+    assert result["floor_share"] == 0.0 and result["trials_over_floor_cap"] >= 1
+    config["search"]["space"] = {"temperature": [0.02, 0.05], "noise": [15.0, 20.0]}  # every trial far below
+    config["search"].pop("start")
+    with pytest.raises(ValueError, match="no trial kept the simulator's log-probs above the floor"):
+        fit(config, stats, target, trials=2)

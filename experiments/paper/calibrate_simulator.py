@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from agents.methods import make_method, rank_tasks, summarize
@@ -30,7 +31,7 @@ from experiments import CONFIGS
 from experiments.config_files import load_yaml_config
 from rsd_env.config import DEFAULT_CONFIG as ENV_DEFAULTS
 from rsd_env.data import load_tasks
-from rsd_env.env import RSDRankEnv
+from rsd_env.env import LOGP_FLOOR, RSDRankEnv
 from rsd_env.io import write_text
 from rsd_env.verifiers import SimulatedVerifier, make_verifier
 from rsd_env.verifiers.model_store import with_length_adapter
@@ -125,10 +126,25 @@ def start_params(start: str | dict[str, float], space: dict[str, list[float]]) -
     return {k: float(min(max(params[k], lo), hi)) for k, (lo, hi) in space.items()}
 
 
+def floor_share(tasks: list, verifier: Any) -> float:
+    """Share of the first-token scores and first-round rows (the single-token order verified) below the env's
+    ``LOGP_FLOOR``. The observation clips them there, so such items tie and the decoders order them by index:
+    a simulator that fits the real statistics through those ties (the real bundled targets' first-token
+    log-probs span ~9 nats, none near the floor) shows its agents observations the real target never gives."""
+    below = total = 0
+    for task in tasks:
+        first = verifier.first_token_scores(task)
+        rows = verifier.verify(task, np.argsort(-first, kind="stable")).logprobs
+        below += int((first < LOGP_FLOOR).sum() + (rows < LOGP_FLOOR).sum())
+        total += first.size + rows.size
+    return below / max(total, 1)
+
+
 def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], trials: int) -> dict[str, Any]:
     """Seeded TPE over the configured ranges, minimising the gaps to ``target``: their sum of squares (the
     default), or with ``search.objective: max_gap`` the largest one, which is what the tolerance tests (the
-    squares can settle for one statistic just outside it to pull the others in)."""
+    squares can settle for one statistic just outside it to pull the others in). ``search.max_floor_share``
+    (off by default) ranks every trial whose ``floor_share`` exceeds it behind every trial within it."""
     import optuna
 
     tasks = sim_tasks(config)
@@ -140,6 +156,8 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
         raise ValueError(f"unknown search.objective {kind!r} in the config; choose one of {sorted(OBJECTIVES)}")
     loss = OBJECTIVES[kind]
 
+    cap = config["search"].get("max_floor_share")
+
     def simulate(params: dict[str, float]) -> dict[str, float]:
         return measure(tasks, SimulatedVerifier("legacy", **params), stats, config.get("env"))
 
@@ -147,7 +165,12 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
         params = {k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in space.items()}
         got = simulate(params)
         trial.set_user_attr("stats", got)
-        return loss([got[k] - target[k] for k in keys])
+        value = loss([got[k] - target[k] for k in keys])
+        if cap is None:
+            return value
+        share = floor_share(tasks, SimulatedVerifier("legacy", **params))
+        trial.set_user_attr("floor_share", share)
+        return value if share <= cap else value + 1e3 * (1.0 + share)  # behind every trial within the cap
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize",
@@ -160,8 +183,13 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
     params = {**base, **{k: round(v, 4) for k, v in best.params.items()}}
     got = simulate({k: params[k] for k in space})  # the rounded parameters are what ships
     gaps = {k: got[k] - target[k] for k in keys}
+    share = floor_share(tasks, SimulatedVerifier("legacy", **params))
+    if cap is not None and share > cap:
+        raise ValueError(f"no trial kept the simulator's log-probs above the floor (best: {share:.3f} of them "
+                         f"below {LOGP_FLOOR}, search.max_floor_share {cap}); widen the search space or add trials")
+    over = sum(t.user_attrs.get("floor_share", 0.0) > cap for t in study.trials) if cap is not None else None
     return {"params": params, "simulated": got, "gaps": gaps, "max_gap": max(abs(g) for g in gaps.values()),
-            "trials": trials, "sim_tasks": len(tasks)}
+            "floor_share": share, "trials_over_floor_cap": over, "trials": trials, "sim_tasks": len(tasks)}
 
 
 def repo_relative(path: str) -> str:
@@ -215,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, gap in result["gaps"].items():
         flag = "" if abs(gap) <= tol else "  > tolerance"
         print(f"{key:<16}{target[key]:>8.3f}{result['simulated'][key]:>11.3f}{gap:>+8.3f}{flag}")
-    print(f"max gap {result['max_gap']:.4f} (tolerance {tol}); parameters {result['params']}")
+    print(f"max gap {result['max_gap']:.4f} (tolerance {tol}); {result['floor_share']:.4f} of the log-probs "
+          f"below the observation floor {LOGP_FLOOR}; parameters {result['params']}")
 
     if result["max_gap"] > tol and not args.dry_run:
         print(f"not writing the profile: the fit misses the tolerance (results in {out / 'fit.json'}); widen "
@@ -230,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "fit": {"real_kendall_tau": {k: round(target[k], 4) for k in result["simulated"]},
                     "simulated_kendall_tau": {k: round(v, 4) for k, v in result["simulated"].items()},
                     "max_gap": round(result["max_gap"], 4), "tolerance": tol, "env": config.get("env") or {},
+                    "floor_share": round(result["floor_share"], 4),
                     "sim_data": f"{config['sim']['dataset']} {config['sim'].get('split', 'train')} "
                                 f"x{result['sim_tasks']}",
                     "config": repo_relative(args.config)},
