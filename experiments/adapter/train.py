@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             config = load_config(args.config)
         except ValueError as err:
             p.error(str(err))
-        known = {action.dest for action in p._actions} - {"help", "config"}
+        known = set(vars(args)) - {"config"}  # every option's dest: argparse fills in each default
         unknown = sorted(set(config) - known)
         if unknown:
             p.error(f"{args.config}: unknown option(s) {', '.join(unknown)}; the trainer's options are "
