@@ -171,15 +171,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=2, help="T, verification rounds per window (default 2)")
     p.add_argument("--top", type=int, default=100, help="rerank the first k hits of each query (default 100)")
     p.add_argument("--window", type=int, default=20, help="candidates per window (default 20; over 20 on the "
-                   "bundled model loads the adapter trained for that length, see --full-list)")
+                   "bundled model loads a long-list adapter, see --full-list)")
     p.add_argument("--stride", type=int, default=10, help="step between windows (default 10)")
     p.add_argument("--passes", type=int, default=1, help="sliding-window passes over the list (default 1)")
     p.add_argument("--full-list", action="store_true",
                    help="rank the whole top-k in one prompt: one window of --top candidates (like --window "
                         "<top> --stride <top>); the LLM's tokenizer must have that many single-token identifiers. "
-                        "With --verifier bundled, a window over 20 uses the shipped adapter trained for its length "
-                        "(bundled-40 up to 50, bundled-60 up to 60, bundled-full beyond) unless --verifier-arg "
-                        "adapter=... says otherwise")
+                        "With --verifier bundled, a window over 20 uses a shipped long-list adapter (bundled-60 up "
+                        "to 60, bundled-full beyond) unless --verifier-arg adapter=... says otherwise")
     p.add_argument("--verifier", default="bundled", help="bundled | simulated | hf:<model> | openai:<url>")
     p.add_argument("--verifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="verifier option (YAML value), repeatable: --verifier-arg passage_tokens=20")

@@ -22,9 +22,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # "openai:<base url>", a dict {"kind": ..., **kwargs}, or a Verifier instance
     "verifier": "bundled",
     # its options; with none naming them, n picks the shipped target for that length: on "bundled" with
-    # n > 20 the adapter ("bundled-40" up to 50, "bundled-60" up to 60, "bundled-full" beyond:
-    # model_store.long_list_adapter), on "simulated" the profile that stands in for that adapter's target
-    # ("n40-approx" up to 50, "calibrated-full-list" beyond: rsd_env.verifiers.length_defaults)
+    # n > 20 the adapter ("bundled-60" up to 60, "bundled-full" beyond: model_store.long_list_adapter), on
+    # "simulated" the profile that stands in for that adapter's target ("n40-b60-approx" up to 60,
+    # "calibrated-full-list" beyond: rsd_env.verifiers.length_defaults)
     "verifier_kwargs": {},
     # T: verification rounds per episode; an int, or [lo, hi] to draw T per episode from the env's seeded
     # RNG (training one agent for every budget); reset(options={"budget": t}) sets it for one episode

@@ -107,11 +107,11 @@ def test_every_approximate_profile_reproduces_its_recorded_fit(name):
 
 def test_the_real_side_gets_the_bundled_adapter_for_its_prompt_length():
     """A long-list calibration config that only sets ``n`` must fit the target the env gives at that ``n``
-    (bundled-40 / bundled-full), not the N = 20 adapter, which copies the shown order in long prompts."""
+    (bundled-60 / bundled-full), not the N = 20 adapter, which copies the shown order in long prompts."""
     def options(real: dict, env: dict | None = None) -> dict:
         return real_verifier_options({"real": {"verifier": "bundled", **real}, "env": env})
 
-    assert options({"data": {"n": 40}}) == {"adapter": "bundled-40"}
+    assert options({"data": {"n": 40}}) == {"adapter": "bundled-60"}
     assert options({"verifier_kwargs": {"prompt_cache_mb": 64}}, {"n": 100}) == {"prompt_cache_mb": 64,
                                                                                   "adapter": "bundled-full"}
     assert options({"data": {"n": 40}, "verifier_kwargs": {"adapter": "bundled-full"}}) == {"adapter": "bundled-full"}

@@ -462,19 +462,19 @@ def test_full_list_mode_ranks_the_top_100_in_one_window_and_keeps_every_docid(dl
 
 def test_long_windows_pick_the_long_list_adapters_of_the_bundled_model():
     """A window over 20 on the bundled model uses the adapter trained for such lengths (the N = 20 one copies
-    the shown order at N = 100): bundled-40 up to 50, bundled-60 up to 60, bundled-full beyond; the simulated
+    the shown order at N = 100): bundled-60 up to 60, bundled-full beyond; the simulated
     verifier gets the profile fitted to that target; an explicit adapter or profile and 20-windows are left
     alone."""
     def options(*argv: str) -> dict:
         return cli.verifier_options(cli.parse_args(["--dataset", "dl19", *argv]))
 
     assert options("--full-list") == {"adapter": "bundled-full"}
-    assert options("--full-list", "--top", "40") == {"adapter": "bundled-40"}
-    assert options("--window", "40", "--stride", "30") == {"adapter": "bundled-40"}
-    assert options("--window", "50") == {"adapter": "bundled-40"}
-    assert options("--window", "51") == {"adapter": "bundled-60"}
+    assert options("--full-list", "--top", "40") == {"adapter": "bundled-60"}
+    assert options("--window", "40", "--stride", "30") == {"adapter": "bundled-60"}
+    assert options("--window", "21") == options("--window", "60") == {"adapter": "bundled-60"}
+    assert options("--window", "40", "--verifier-arg", "adapter=bundled-40") == {"adapter": "bundled-40"}
     assert options("--window", "61") == {"adapter": "bundled-full"}
-    assert options("--window", "40", "--verifier", "simulated") == {"profile": "n40-approx"}
+    assert options("--window", "40", "--verifier", "simulated") == {"profile": "n40-b60-approx"}
     assert options("--full-list", "--verifier-arg", "adapter=bundled") == {"adapter": "bundled"}
     assert options("--full-list", "--verifier-arg", "passage_tokens=16") == {"adapter": "bundled-full",
                                                                             "passage_tokens": 16}
@@ -510,7 +510,7 @@ def test_the_default_method_follows_the_window_length(dl19):
 
 
 def test_the_python_reranker_also_loads_the_adapter_for_its_window_length(monkeypatch):
-    """SlidingWindowReranker(verifier="bundled") with windows of 40 gets bundled-40, as rsd-rerank does, and
+    """SlidingWindowReranker(verifier="bundled") with windows of 40 gets bundled-60, as rsd-rerank does, and
     "simulated" the profile that stands in for it."""
     import agents.rerank as module
 
@@ -519,5 +519,5 @@ def test_the_python_reranker_also_loads_the_adapter_for_its_window_length(monkey
     for window in (20, 40, 100):
         SlidingWindowReranker("heuristic", "bundled", WindowSpec(top=100, window=window, stride=min(window, 30)))
     SlidingWindowReranker("heuristic", "simulated", WindowSpec(top=100, window=40, stride=30))
-    assert asked == [("bundled", {}), ("bundled", {"adapter": "bundled-40"}),
-                     ("bundled", {"adapter": "bundled-full"}), ("simulated", {"profile": "n40-approx"})]
+    assert asked == [("bundled", {}), ("bundled", {"adapter": "bundled-60"}),
+                     ("bundled", {"adapter": "bundled-full"}), ("simulated", {"profile": "n40-b60-approx"})]

@@ -20,14 +20,14 @@ from rsd_env.verifiers.model_store import (
 )
 from rsd_env.verifiers.simulated import DEFAULT_PROFILE
 
-# the simulated profile fitted to the target of each bundled adapter (None: the N = 20 adapter); bundled-40's
-# is the best fit found, just outside the +-0.01 tolerance (max gap 0.0121), where the N = 20 and full-list
-# profiles miss that target by 0.21 and 0.14; bundled-60's target has no fit of its own and keeps the full-list
-# profile that n of 51-60 ran before bundled-60 shipped
+# the simulated profile fitted to the target of each bundled adapter (None: the N = 20 adapter). bundled-60's
+# (the default for 21-60) and bundled-40's (named only) are the best fits found at windows of 40, outside the
+# +-0.01 tolerance (max gaps 0.0138 and 0.0121), where the N = 20 and full-list profiles miss those targets by
+# ~0.2 and ~0.14
 SIMULATED_PROFILES: dict[str | None, str] = {
     None: DEFAULT_PROFILE,
     LIST_40_ADAPTER: "n40-approx",
-    LIST_60_ADAPTER: "calibrated-full-list",
+    LIST_60_ADAPTER: "n40-b60-approx",
     FULL_LIST_ADAPTER: "calibrated-full-list",
 }
 
