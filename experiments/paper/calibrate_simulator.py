@@ -158,17 +158,18 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
 
     cap = config["search"].get("max_floor_share")
 
-    def simulate(params: dict[str, float]) -> dict[str, float]:
-        return measure(tasks, SimulatedVerifier("legacy", **params), stats, config.get("env"))
+    def simulate(verifier: SimulatedVerifier) -> dict[str, float]:
+        return measure(tasks, verifier, stats, config.get("env"))
 
     def objective(trial: optuna.Trial) -> float:
         params = {k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in space.items()}
-        got = simulate(params)
+        verifier = SimulatedVerifier("legacy", **params)  # one per trial: its per-task latents are built once
+        got = simulate(verifier)
         trial.set_user_attr("stats", got)
         value = loss([got[k] - target[k] for k in keys])
         if cap is None:
             return value
-        share = floor_share(tasks, SimulatedVerifier("legacy", **params))
+        share = floor_share(tasks, verifier)
         trial.set_user_attr("floor_share", share)
         return value if share <= cap else value + 1e3 * (1.0 + share)  # behind every trial within the cap
 
@@ -181,9 +182,10 @@ def fit(config: dict[str, Any], stats: list[Stat], target: dict[str, float], tri
     study.optimize(objective, n_trials=trials, show_progress_bar=sys.stderr.isatty())
     best = study.best_trial
     params = {**base, **{k: round(v, 4) for k, v in best.params.items()}}
-    got = simulate({k: params[k] for k in space})  # the rounded parameters are what ships
+    verifier = SimulatedVerifier("legacy", **params)  # the rounded parameters are what ships
+    got = simulate(verifier)
     gaps = {k: got[k] - target[k] for k in keys}
-    share = floor_share(tasks, SimulatedVerifier("legacy", **params))
+    share = floor_share(tasks, verifier)
     if cap is not None and share > cap:
         raise ValueError(f"no trial kept the simulator's log-probs above the floor (best: {share:.3f} of them "
                          f"below {LOGP_FLOOR}, search.max_floor_share {cap}); widen the search space or add trials")

@@ -103,7 +103,8 @@ def baseline_runs(baseline: str, runs: Sequence[Run], paths: Sequence[Path]) -> 
         if other["method"] != baseline or other["window"] != settings["window"]:
             return False
         if baseline in BUDGET_FREE:  # one ranking at every T: any run pairs with it
-            return True  # a budget-free run has no T to match with a budgeted baseline's
+            return True
+        # a budget-free run has no T to match with a budgeted baseline's
         return settings["method"] not in BUDGET_FREE and other["budget"] == settings["budget"]
 
     return [None if settings["method"] == baseline
@@ -151,11 +152,15 @@ def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path
     per_run = [trec_per_query({q: results[q].docids for q in qids}, qrels) for _, results in runs]
     taus = [{q: tau_top(tau_ref[q].docids, results[q].docids, top) for q in qids} for _, results in runs]
     bases = baseline_runs(baseline, runs, paths) if baseline else [None] * len(runs)
-    for base in {id(b[1]): b for b in bases if b is not None}.values():
+    base_taus: dict[int, dict[str, float]] = {}  # per distinct baseline run, computed once however many pair with it
+    for base in bases:
+        if base is None or id(base[1]) in base_taus:
+            continue
         missing = [q for q in qids if q not in base[1]]
         if missing:
             raise ValueError(f"the baseline run {label(base[0])!r} lacks {len(missing)} of the table's queries "
                              f"(e.g. {missing[0]}); complete it (rerun its rsd-rerank command) first")
+        base_taus[id(base[1])] = {q: tau_top(tau_ref[q].docids, base[1][q].docids, top) for q in qids}
     ref_scores = per_run[-1]
     judged = [q for q in qids if q in ref_scores]
     rows = []
@@ -180,8 +185,7 @@ def build_table(folders: Sequence[str | Path], reference: str | Path, qrels_path
             "cpu_speedup_vs_tau_reference": tau_cpu / cpu if cpu else None,
         })
         if base is not None:
-            base_tau = {q: tau_top(tau_ref[q].docids, base[1][q].docids, top) for q in qids}
-            rows[-1]["tau_vs_baseline"] = {"baseline": label(base[0]), **paired_tau(tau, base_tau)}
+            rows[-1]["tau_vs_baseline"] = {"baseline": label(base[0]), **paired_tau(tau, base_taus[id(base[1])])}
     return {"input": name, "queries": len(qids), "judged": len(judged), "reference": label(ref_settings),
             "tau_reference": label(tau_settings), "top": top, "baseline": baseline, "rows": rows}
 
